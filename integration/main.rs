@@ -1,0 +1,1 @@
+//! Integration tests: real docker-registry, slapd and the gate on loopback.

@@ -1,0 +1,46 @@
+//! Authentication: who is asking. Turns credentials into an [`Identity`].
+//!
+//! Depends on `config` for its settings and on nothing of the HTTP layer.
+
+use std::collections::BTreeMap;
+
+/// Labels attached to an identity (static `labels`, later LDAP attributes and
+/// groups), matchable by ACL rules and usable in `${labels:KEY}` placeholders.
+pub type Labels = BTreeMap<String, Vec<String>>;
+
+/// Which backend vouched for an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Anonymous,
+    Static,
+    Ldap,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Anonymous => "anonymous",
+            Backend::Static => "static",
+            Backend::Ldap => "ldap",
+        }
+    }
+}
+
+/// An authenticated (or anonymous) caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account name; empty for anonymous callers (ACL `account = ""`).
+    pub account: String,
+    pub backend: Backend,
+    pub labels: Labels,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Identity {
+            account: String::new(),
+            backend: Backend::Anonymous,
+            labels: Labels::new(),
+        }
+    }
+}
