@@ -6,3 +6,4 @@ pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod scope;
+pub mod secret;

@@ -44,3 +44,15 @@ impl Identity {
         }
     }
 }
+
+/// Why a backend could not decide. This is never "wrong password" (that is
+/// `Ok(None)`): it means the backend itself failed (LDAP down, timeout, a
+/// malformed directory answer), which the HTTP layer answers with 503, not
+/// 401, so users do not think their password is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    #[error("authentication backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("authentication backend error: {0}")]
+    Backend(String),
+}
