@@ -7,3 +7,4 @@ pub mod authn;
 pub mod authz;
 pub mod scope;
 pub mod secret;
+pub mod token;

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn parses_scopes() {
         let cases: &[(&str, Option<Scope>)] = &[
-            ("repository:foo:pull", Some(Scope::repository("foo", [Pull]))),
+            (
+                "repository:foo:pull",
+                Some(Scope::repository("foo", [Pull])),
+            ),
             (
                 "repository:a/b:pull,push",
                 Some(Scope::repository("a/b", [Pull, Push])),
@@ -254,7 +257,10 @@ mod tests {
         let got = Scope::parse_list("repository:a:pull  repository:b:push").unwrap();
         assert_eq!(
             got,
-            vec![Scope::repository("a", [Pull]), Scope::repository("b", [Push])]
+            vec![
+                Scope::repository("a", [Pull]),
+                Scope::repository("b", [Push])
+            ]
         );
         assert!(Scope::parse_list("repository:a:pull bad").is_err());
     }

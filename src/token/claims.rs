@@ -1,0 +1,53 @@
+//! JWT claims of access and refresh tokens (distribution `docs/spec/auth/jwt.md`).
+//! A leaf module: serde shapes only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::authn::Labels;
+use crate::scope::AccessEntry;
+
+/// Marks a refresh token. Access tokens never carry it, and the verifier of
+/// each kind refuses the other, so one can never stand in for the other.
+pub const REFRESH_USE: &str = "refresh";
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    /// The account; empty for anonymous tokens.
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    /// Absent means no access (and lets a refresh token fail as `Kind`).
+    #[serde(default)]
+    pub access: Vec<AccessEntry>,
+    /// The identity's labels, only when the token grants `registry:catalog:*`:
+    /// the gate filters the catalog with the ACL, which may match on labels,
+    /// and the caller's own group memberships are no secret to the caller.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Present (and then `REFRESH_USE`) only on refresh tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_use: Option<String>,
+}
+
+/// The claims of a refresh token: bound to an account and a service, no access.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    /// Which backend vouched for the account when the token was issued.
+    #[serde(default)]
+    pub backend: String,
+    /// `REFRESH_USE`; defaulted so that an access token fails as `Kind`.
+    #[serde(default)]
+    pub token_use: String,
+}

@@ -1,0 +1,17 @@
+//! Tokens: what the realm issues and what every registry request carries.
+//!
+//! `claims` is a leaf of serde shapes; `keys` loads and makes signing keys;
+//! `issuer` signs, `verifier` checks. Nothing here knows about HTTP.
+
+pub mod claims;
+pub mod issuer;
+pub mod keys;
+pub mod verifier;
+
+pub use claims::{AccessClaims, RefreshClaims};
+pub use issuer::{Issued, Issuer};
+pub use keys::SigningKey;
+pub use verifier::{TokenError, Verifier, VerifyingKey};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! Round trips and every rejection reason, with keys made inside the test.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+use super::*;
+use crate::authn::{Backend, Identity};
+use crate::scope::{Action, Scope};
+
+fn verifying(key: &SigningKey) -> VerifyingKey {
+    VerifyingKey {
+        kid: key.kid.clone(),
+        algorithm: key.algorithm,
+        key: key.decoding.clone(),
+    }
+}
+
+fn setup() -> (Arc<SigningKey>, Issuer, Verifier) {
+    let key = Arc::new(SigningKey::ephemeral().unwrap());
+    let issuer = Issuer::new(
+        key.clone(),
+        "gate",
+        "svc",
+        Duration::from_secs(300),
+        Duration::from_secs(3600),
+    );
+    let verifier = Verifier::new(
+        vec![verifying(&key)],
+        "gate",
+        "svc",
+        Duration::from_secs(300),
+    );
+    (key, issuer, verifier)
+}
+
+fn alice() -> Identity {
+    Identity {
+        account: "alice".into(),
+        backend: Backend::Static,
+        labels: [("team".to_owned(), vec!["ops".to_owned()])].into(),
+    }
+}
+
+fn now() -> u64 {
+    issuer::unix(SystemTime::now())
+}
+
+fn claims(exp: u64, nbf: u64, iss: &str, aud: &str) -> AccessClaims {
+    AccessClaims {
+        iss: iss.into(),
+        sub: "alice".into(),
+        aud: aud.into(),
+        exp,
+        nbf,
+        iat: nbf,
+        jti: "j".into(),
+        access: vec![],
+        labels: Default::default(),
+        token_use: None,
+    }
+}
+
+fn sign(key: &SigningKey, c: &AccessClaims) -> String {
+    let mut h = Header::new(key.algorithm);
+    h.kid = Some(key.kid.clone());
+    encode(&h, c, &key.encoding).unwrap()
+}
+
+#[test]
+fn access_token_round_trips() {
+    let (_, issuer, verifier) = setup();
+    let granted = [Scope::repository("a/b", [Action::Pull, Action::Push])];
+    let issued = issuer.issue(&alice(), &granted).unwrap();
+    let claims = verifier.verify_access(&issued.token).unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.aud, "svc");
+    assert_eq!(claims.iss, "gate");
+    assert_eq!(claims.access.len(), 1);
+    assert_eq!(Scope::from(&claims.access[0]), granted[0]);
+    // Labels travel only with a catalog grant.
+    assert!(claims.labels.is_empty());
+    assert_eq!(issued.expires_in, 300);
+    // A second verification is served from the cache and says the same.
+    assert_eq!(verifier.verify_access(&issued.token).unwrap(), claims);
+}
+
+#[test]
+fn catalog_tokens_carry_labels() {
+    let (_, issuer, verifier) = setup();
+    let issued = issuer.issue(&alice(), &[Scope::catalog()]).unwrap();
+    let claims = verifier.verify_access(&issued.token).unwrap();
+    assert_eq!(claims.labels, alice().labels);
+}
+
+#[test]
+fn refresh_token_round_trips_and_kinds_do_not_mix() {
+    let (_, issuer, verifier) = setup();
+    let refresh = issuer.issue_refresh(&alice()).unwrap();
+    let claims = verifier.verify_refresh(&refresh).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.backend.as_str()),
+        ("alice", "static")
+    );
+    assert_eq!(verifier.verify_access(&refresh), Err(TokenError::Kind));
+    let access = issuer.issue(&alice(), &[]).unwrap().token;
+    assert_eq!(
+        verifier.verify_refresh(&access).map(|_| ()),
+        Err(TokenError::Kind)
+    );
+}
+
+#[test]
+fn rejects_every_bad_token() {
+    let (key, _, verifier) = setup();
+    let other = SigningKey::ephemeral().unwrap();
+    let t = now();
+    let good = sign(&key, &claims(t + 60, t, "gate", "svc"));
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    payload["sub"] = "admin".into();
+    parts[1] = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let tampered = parts.join(".");
+    // Signed by a key we do not know, under our key's kid.
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(key.kid.clone());
+    let foreign = encode(&h, &claims(t + 60, t, "gate", "svc"), &other.encoding).unwrap();
+    // HMAC with the public key as secret: the classic algorithm confusion.
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(key.kid.clone());
+    let hmac = encode(
+        &h,
+        &claims(t + 60, t, "gate", "svc"),
+        &EncodingKey::from_secret(b"whatever").unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("garbage", "not.a.token".into(), TokenError::Malformed),
+        ("empty", String::new(), TokenError::Malformed),
+        ("huge", "a".repeat(20_000), TokenError::Malformed),
+        (
+            "unknown kid",
+            sign(&other, &claims(t + 60, t, "gate", "svc")),
+            TokenError::UnknownKey,
+        ),
+        ("tampered", tampered, TokenError::Signature),
+        ("foreign signature", foreign, TokenError::Signature),
+        ("alg confusion", hmac, TokenError::Algorithm),
+        (
+            "expired",
+            sign(&key, &claims(t - 120, t - 400, "gate", "svc")),
+            TokenError::Expired,
+        ),
+        (
+            "not yet valid",
+            sign(&key, &claims(t + 600, t + 300, "gate", "svc")),
+            TokenError::NotYetValid,
+        ),
+        (
+            "issuer",
+            sign(&key, &claims(t + 60, t, "evil", "svc")),
+            TokenError::Issuer,
+        ),
+        (
+            "audience",
+            sign(&key, &claims(t + 60, t, "gate", "other")),
+            TokenError::Audience,
+        ),
+    ];
+    for (what, token, want) in cases {
+        assert_eq!(
+            verifier.verify_access(&token).map(|_| ()),
+            Err(want),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn small_clock_skew_is_tolerated() {
+    let (key, _, verifier) = setup();
+    let t = now();
+    let token = sign(&key, &claims(t - 2, t + 2, "gate", "svc"));
+    assert!(verifier.verify_access(&token).is_ok());
+}
+
+#[test]
+fn verifies_rs256() {
+    let key = SigningKey::from_pem(include_str!("testdata/rsa-test-key.pem")).unwrap();
+    let verifier = Verifier::new(
+        vec![verifying(&key)],
+        "gate",
+        "svc",
+        Duration::from_secs(60),
+    );
+    let t = now();
+    assert!(
+        verifier
+            .verify_access(&sign(&key, &claims(t + 60, t, "gate", "svc")))
+            .is_ok()
+    );
+}
