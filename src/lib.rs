@@ -5,6 +5,7 @@
 pub mod access;
 pub mod authn;
 pub mod authz;
+pub mod config;
 pub mod scope;
 pub mod secret;
 pub mod token;

@@ -1,0 +1,120 @@
+//! Configuration: built-in defaults, then the TOML file, then the optional
+//! `<name>.local.toml` beside it, then `REGISTRY_GATE_<SECTION>__<KEY>`
+//! environment variables (figment). Parsed in two steps: `raw` mirrors the
+//! file; `resolve` checks every value and builds the `Config` the rest of the
+//! program uses. Every error names the key path it is about.
+//!
+//! Loading binds no port and opens no connection, so tests and
+//! `check-config` can load a config freely.
+
+mod raw;
+mod resolve;
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+
+pub use raw::{RawConfig, RawServer, RawTls, RawToken, RawUpstream, RawUser};
+pub use resolve::{Config, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig};
+
+/// The config file used when none is named.
+pub const DEFAULT_PATH: &str = "config/registry-gate.toml";
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "REGISTRY_GATE_";
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `upstream.url`; `config` for file-level errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Several configuration errors, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// `config/registry-gate.toml` -> `config/registry-gate.local.toml`.
+pub fn local_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}.local.toml"))
+}
+
+/// Reads the layered raw configuration. `explicit` says whether the user
+/// named the file: a named file must exist; the default one may be absent.
+pub fn load_raw(path: &Path, explicit: bool) -> Result<RawConfig, ConfigErrors> {
+    if explicit && !path.is_file() {
+        return Err(ConfigError::new(
+            "config",
+            format!("cannot read config file {}", path.display()),
+        )
+        .into());
+    }
+    Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::file(path))
+        .merge(Toml::file(local_path(path)))
+        // REGISTRY_GATE_CONFIG names the file itself; it is not a key.
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
+        .extract::<RawConfig>()
+        .map_err(figment_errors)
+}
+
+/// Loads and resolves the configuration.
+pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigErrors> {
+    Config::resolve(load_raw(path, explicit)?)
+}
+
+fn figment_errors(err: figment::Error) -> ConfigErrors {
+    ConfigErrors(
+        err.into_iter()
+            .map(|e| {
+                let key = if e.path.is_empty() {
+                    "config".to_owned()
+                } else {
+                    e.path.join(".")
+                };
+                let origin = e
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.source.as_ref())
+                    .map(|s| format!(" (from {s})"))
+                    .unwrap_or_default();
+                ConfigError::new(key, format!("{}{origin}", e.kind))
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+//! From the raw file shape to a checked `Config`: addresses parsed, URLs
+//! checked, password hashes recognised, ACL compiled. Each error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::raw::RawConfig;
+use super::{ConfigError, ConfigErrors};
+use crate::authn::Labels;
+use crate::authz::Acl;
+use crate::secret::Secret;
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub token: TokenConfig,
+    pub users: BTreeMap<String, StaticUser>,
+    pub acl: Acl,
+    /// What was read, for `check-config` (secrets print as `***`).
+    pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `scheme://host[:port]`, no trailing slash.
+    pub public_url: Option<String>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http://host:port`, no trailing slash.
+    pub url: String,
+    pub authority: http::uri::Authority,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub service: String,
+    pub issuer: String,
+    pub lifetime: Duration,
+    pub refresh_lifetime: Duration,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticUser {
+    pub password_hash: Secret,
+    pub labels: Labels,
+}
+
+/// The longest token lifetime we accept: tokens cannot be revoked, so they
+/// must stay short (docker asks for a new one whenever one expires).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+impl Config {
+    /// Checks every value; collects all errors rather than stopping at the first.
+    pub fn resolve(raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut check = |r: Result<(), ConfigError>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+        let listen = raw.server.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:5000",
+                    raw.server.listen
+                ),
+            )
+        });
+        let public_url = raw
+            .server
+            .public_url
+            .as_deref()
+            .map(|u| base_url("server.public_url", u, &["http", "https"]))
+            .transpose();
+        let upstream = base_url("upstream.url", &raw.upstream.url, &["http"]);
+        check(token_checks(&raw));
+        let mut users = BTreeMap::new();
+        for (name, user) in &raw.users {
+            let key = format!("users.{name}");
+            check(valid_account(&key, name));
+            let hash = user.password.expose();
+            if bcrypt_cost(hash).is_none() {
+                check(Err(ConfigError::new(
+                    format!("{key}.password"),
+                    "not a bcrypt hash; make one with `registry-gate hash-password`",
+                )));
+                continue;
+            }
+            users.insert(
+                name.clone(),
+                StaticUser {
+                    password_hash: user.password.clone(),
+                    labels: user.labels.clone(),
+                },
+            );
+        }
+        let acl = Acl::compile(&raw.acl).map_err(|e| ConfigError::new(e.path, e.message));
+        let (listen, public_url, upstream, acl) = match (listen, public_url, upstream, acl) {
+            (Ok(l), Ok(p), Ok(u), Ok(a)) if errors.is_empty() => (l, p, u, a),
+            (l, p, u, a) => {
+                errors.extend(l.err());
+                errors.extend(p.err());
+                errors.extend(u.err());
+                errors.extend(a.err());
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let authority = upstream
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned())
+            .ok_or_else(|| ConfigError::new("upstream.url", "no host"))?;
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                public_url,
+                tls: raw.server.tls.as_ref().map(|t| TlsFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                }),
+            },
+            upstream: UpstreamConfig {
+                url: upstream,
+                authority,
+            },
+            token: TokenConfig {
+                service: raw.token.service.clone(),
+                issuer: raw.token.issuer.clone(),
+                lifetime: raw.token.lifetime,
+                refresh_lifetime: raw.token.refresh_lifetime,
+                key: raw.token.key.clone(),
+            },
+            users,
+            acl,
+            raw,
+        })
+    }
+}
+
+fn token_checks(raw: &RawConfig) -> Result<(), ConfigError> {
+    let t = &raw.token;
+    if t.service.trim().is_empty() {
+        return Err(ConfigError::new("token.service", "must not be empty"));
+    }
+    if t.issuer.trim().is_empty() {
+        return Err(ConfigError::new("token.issuer", "must not be empty"));
+    }
+    if t.lifetime < Duration::from_secs(60) || t.lifetime > MAX_LIFETIME {
+        return Err(ConfigError::new(
+            "token.lifetime",
+            "must be between 1m and 24h (docker asks for a new token when one expires)",
+        ));
+    }
+    if t.refresh_lifetime < t.lifetime {
+        return Err(ConfigError::new(
+            "token.refresh_lifetime",
+            "must not be shorter than token.lifetime",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `scheme://authority[/]` and returns it without the trailing slash.
+fn base_url(key: &str, url: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::new(key, format!("{url:?} {why}"));
+    let uri = url.parse::<Uri>().map_err(|_| bad("is not a URL"))?;
+    let scheme = uri.scheme_str().ok_or_else(|| bad("has no scheme"))?;
+    if !schemes.contains(&scheme) {
+        return Err(bad(&format!("must use {}", schemes.join(" or "))));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(bad(
+            "must not have a path or query (a registry lives at /v2/)",
+        ));
+    }
+    if authority.as_str().contains('@') {
+        return Err(bad("must not contain credentials"));
+    }
+    Ok(format!("{scheme}://{authority}"))
+}
+
+/// Static account names follow the rules the ACL placeholders rely on.
+fn valid_account(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "account names use letters, digits, '.', '_', '-' and '@'",
+        ))
+    }
+}
+
+/// The cost of a bcrypt hash (`$2a$`, `$2b$`, `$2x$` or `$2y$`), if it is one.
+pub fn bcrypt_cost(hash: &str) -> Option<u32> {
+    let rest = hash
+        .strip_prefix("$2a$")
+        .or_else(|| hash.strip_prefix("$2b$"))
+        .or_else(|| hash.strip_prefix("$2x$"))
+        .or_else(|| hash.strip_prefix("$2y$"))?;
+    let (cost, salt_hash) = rest.split_once('$')?;
+    let cost: u32 = cost.parse().ok()?;
+    ((4..=31).contains(&cost) && salt_hash.len() == 53).then_some(cost)
+}

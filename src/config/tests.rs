@@ -1,0 +1,104 @@
+//! Loading and resolving, with files made inside the tests.
+
+use std::io::Write;
+
+use super::*;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+const HASH: &str = "$2y$10$BbjHSBR07iNZhnzmPGLb1OV/Mp8kjkcepRhg.xD01t06FYg6rOVYa";
+
+#[test]
+fn defaults_apply_when_keys_are_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gate.toml", "");
+    let cfg = load(&path, true).unwrap();
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:5000");
+    assert_eq!(cfg.upstream.url, "http://127.0.0.1:5001");
+    assert_eq!(cfg.token.service, "Docker registry");
+    assert_eq!(cfg.token.lifetime.as_secs(), 300);
+}
+
+#[test]
+fn the_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_PATH);
+    let cfg = load(&path, true).unwrap();
+    assert!(cfg.users.contains_key("admin") && cfg.users.contains_key("test"));
+}
+
+#[test]
+fn local_file_overrides_the_main_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "gate.toml",
+        "[upstream]\nurl = \"http://10.0.0.1:5000\"\n",
+    );
+    write(
+        &dir,
+        "gate.local.toml",
+        "[upstream]\nurl = \"http://127.0.0.1:6000\"\n",
+    );
+    assert_eq!(
+        load(&path, true).unwrap().upstream.url,
+        "http://127.0.0.1:6000"
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        ("[server]\nlisten = \"nowhere\"", "server.listen"),
+        ("[server]\nlistn = \"0.0.0.0:1\"", "server.listn"),
+        ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+        ("[upstream]\nurl = \"http://x:1/prefix\"", "upstream.url"),
+        (
+            "[server]\npublic_url = \"gate.example.com\"",
+            "server.public_url",
+        ),
+        ("[token]\nlifetime = \"5 parsecs\"", "token.lifetime"),
+        ("[token]\nlifetime = \"2s\"", "token.lifetime"),
+        ("[token]\nservice = \"\"", "token.service"),
+        (
+            "[users.bob]\npassword = \"plaintext\"",
+            "users.bob.password",
+        ),
+        ("[users.\"b b\"]\npassword = \"HASH\"", "users.b b"),
+        ("[users.bob]\npasword = \"x\"", "users.bob.pasword"),
+        (
+            "[[acl]]\nmatch = { acount = \"x\" }\nactions = []",
+            "acl.0.match.acount",
+        ),
+        ("bogus = 1", "bogus"),
+    ];
+    for (text, key) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "gate.toml", &text.replace("HASH", HASH));
+        let errs = load(&path, true).expect_err(text);
+        assert!(
+            errs.0.iter().any(|e| e.key == *key),
+            "{text}: want key {key}, got {errs}"
+        );
+    }
+}
+
+#[test]
+fn a_named_file_must_exist() {
+    let errs = load(Path::new("/nonexistent/gate.toml"), true).unwrap_err();
+    assert_eq!(errs.0[0].key, "config");
+}
+
+#[test]
+fn recognises_bcrypt_hashes() {
+    assert_eq!(resolve::bcrypt_cost(HASH), Some(10));
+    assert_eq!(resolve::bcrypt_cost("$2y$10$short"), None);
+    assert_eq!(resolve::bcrypt_cost("badmin"), None);
+    assert_eq!(resolve::bcrypt_cost(&HASH.replace("$10$", "$99$")), None);
+}
