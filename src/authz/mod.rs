@@ -1,11 +1,29 @@
-//! Authorization: ACL rules compiled once. INTERFACE STUB: to be implemented.
+//! Authorization: which of the requested actions a caller gets.
+//!
+//! Owns the `[[acl]]` rules: their config shape ([`RawRule`]), their
+//! compilation into an [`Acl`] (once, at startup or reload, so bad rules fail
+//! loudly with the key path instead of denying at request time), and the
+//! decision itself. Semantics follow cesanta/docker_auth because many users
+//! migrate from it: ordered rules, the first matching rule decides, no match
+//! denies.
+//!
+//! Dependencies run one way: authz uses the [`crate::scope`] and
+//! [`crate::authn`] types and nothing of the HTTP layer, so decisions are
+//! pure functions, testable without a server, and callable from both the
+//! token endpoint and the proxy (catalog filtering).
+
+mod ip;
+mod pattern;
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Labels;
-use crate::scope::{Actions, Scope};
+use crate::scope::{Action, Actions, Scope};
+
+use pattern::{Pattern, Vars};
 
 /// One `[[acl]]` entry as written in the config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -54,17 +72,211 @@ pub struct AclError {
     pub message: String,
 }
 
-/// The compiled, ordered ACL.
+/// The compiled, ordered ACL. The default ACL has no rules and so denies
+/// everything.
 #[derive(Debug, Clone, Default)]
-pub struct Acl {}
+pub struct Acl {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    when: Match,
+    allowed: Allowed,
+}
+
+/// A compiled `match` table; `None` fields are absent and match anything.
+#[derive(Debug, Clone, Default)]
+struct Match {
+    account: Option<Pattern>,
+    name: Option<Pattern>,
+    resource_type: Option<Pattern>,
+    service: Option<Pattern>,
+    ip: Option<IpNet>,
+    labels: Vec<(String, Pattern)>,
+}
+
+/// What a matching rule lets through.
+#[derive(Debug, Clone)]
+enum Allowed {
+    /// `actions = ["*"]`: everything asked, including the literal `*` action
+    /// of `registry:catalog:*`.
+    All,
+    /// These actions only; empty is an explicit deny.
+    Only(Actions),
+}
+
+impl Allowed {
+    fn apply(&self, requested: &Actions) -> Actions {
+        match self {
+            Allowed::All => requested.clone(),
+            Allowed::Only(allowed) => requested.intersection(allowed).copied().collect(),
+        }
+    }
+}
+
+impl Match {
+    fn matches(&self, subject: &Subject<'_>, scope: &Scope, vars: &Vars<'_>) -> bool {
+        let field =
+            |p: &Option<Pattern>, value: &str| p.as_ref().is_none_or(|p| p.matches(value, vars));
+        field(&self.account, subject.account)
+            && field(&self.name, &scope.name)
+            && field(&self.resource_type, &scope.resource_type)
+            && field(&self.service, subject.service)
+            // A rule limited to addresses never matches a caller whose address is unknown.
+            && self
+                .ip
+                .as_ref()
+                .is_none_or(|net| subject.ip.is_some_and(|ip| ip::contains(net, ip)))
+            // Every listed label key must have at least one matching value;
+            // a caller without the key does not match.
+            && self.labels.iter().all(|(key, p)| {
+                subject
+                    .labels
+                    .get(key)
+                    .is_some_and(|values| values.iter().any(|v| p.matches(v, vars)))
+            })
+    }
+}
+
+/// `labels.team`, or `labels."odd key"` when the key is not a bare TOML key.
+fn label_path(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        format!("labels.{key}")
+    } else {
+        format!("labels.{key:?}")
+    }
+}
+
+fn compile_rule(i: usize, raw: &RawRule) -> Result<Rule, AclError> {
+    let err = |key: &str, message: String| AclError {
+        path: format!("acl[{i}].{key}"),
+        message,
+    };
+    let pattern = |key: &str, src: &Option<String>| {
+        src.as_deref()
+            .map(Pattern::compile)
+            .transpose()
+            .map_err(|m| err(&format!("match.{key}"), m))
+    };
+    let m = &raw.matches;
+    let mut labels = Vec::with_capacity(m.labels.len());
+    for (key, src) in &m.labels {
+        let p =
+            Pattern::compile(src).map_err(|msg| err(&format!("match.{}", label_path(key)), msg))?;
+        labels.push((key.clone(), p));
+    }
+    let when = Match {
+        account: pattern("account", &m.account)?,
+        name: pattern("name", &m.name)?,
+        resource_type: pattern("type", &m.resource_type)?,
+        service: pattern("service", &m.service)?,
+        ip: m
+            .ip
+            .as_deref()
+            .map(ip::parse_net)
+            .transpose()
+            .map_err(|msg| err("match.ip", msg))?,
+        labels,
+    };
+
+    let mut only = Actions::new();
+    let mut all = false;
+    for (j, name) in raw.actions.iter().enumerate() {
+        match Action::parse(name) {
+            // `*` anywhere in the list means "everything asked"; pairing it
+            // with named actions adds nothing.
+            Some(Action::All) => all = true,
+            Some(a) => {
+                only.insert(a);
+            }
+            None => {
+                return Err(err(
+                    &format!("actions[{j}]"),
+                    format!("unknown action {name:?} (expected pull, push, delete or *)"),
+                ));
+            }
+        }
+    }
+    let allowed = if all {
+        Allowed::All
+    } else {
+        Allowed::Only(only)
+    };
+    Ok(Rule { when, allowed })
+}
 
 impl Acl {
-    pub fn compile(_rules: &[RawRule]) -> Result<Acl, AclError> {
-        Ok(Acl {})
+    /// Compiles the rules in order. Every pattern without placeholders is
+    /// compiled here, once; the first bad key aborts with its path.
+    pub fn compile(rules: &[RawRule]) -> Result<Acl, AclError> {
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(i, r))
+            .collect::<Result<_, _>>()?;
+        Ok(Acl { rules })
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when there are no rules, i.e. everything is denied.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
     }
 
     /// The actions of `requested` that the first matching rule allows.
-    pub fn grant(&self, _subject: &Subject<'_>, _requested: &Scope) -> Actions {
+    pub fn grant(&self, subject: &Subject<'_>, requested: &Scope) -> Actions {
+        let vars = Vars {
+            account: subject.account,
+            name: &requested.name,
+            resource_type: &requested.resource_type,
+            service: subject.service,
+            labels: subject.labels,
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.when.matches(subject, requested, &vars) {
+                // The first match decides, even when it grants nothing:
+                // `actions = []` is how a rule carves out an exception.
+                let granted = rule.allowed.apply(&requested.actions);
+                tracing::trace!(rule = i, account = subject.account, scope = %requested, granted = granted.len(), "acl decision");
+                return granted;
+            }
+        }
+        // Deny by default: no rule mentions this caller and resource, so
+        // nothing is granted. An ACL must opt in to every access.
+        tracing::trace!(account = subject.account, scope = %requested, "no acl rule matched; denied");
         Actions::new()
     }
+
+    /// Each requested scope with the actions granted on it, in request order.
+    /// Scopes granted nothing are left out, as the token's `access` claim
+    /// should not list resources the caller cannot use. Duplicates are not
+    /// merged; use [`crate::scope::merge`] first if that matters.
+    pub fn grant_all(&self, subject: &Subject<'_>, requested: &[Scope]) -> Vec<Scope> {
+        requested
+            .iter()
+            .filter_map(|s| {
+                let granted = self.grant(subject, s);
+                (!granted.is_empty()).then(|| s.clone().with_actions(granted))
+            })
+            .collect()
+    }
+
+    /// True when every action of `scope` is granted. A scope asking for no
+    /// action is not "allowed": callers checking visibility must name the
+    /// action they need (pull), so a mistake fails closed.
+    pub fn allows(&self, subject: &Subject<'_>, scope: &Scope) -> bool {
+        !scope.actions.is_empty() && self.grant(subject, scope) == scope.actions
+    }
 }
+
+#[cfg(test)]
+mod tests;
