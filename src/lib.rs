@@ -3,9 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod http;
+pub mod permit;
 pub mod scope;
 pub mod secret;
+pub mod server;
 pub mod token;
+pub mod upstream;

@@ -1,1 +1,254 @@
-fn main() {}
+//! The `registry-gate` command: serve (the default), hash-password, gen-key,
+//! check-config. Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use registry_gate::app::App;
+use registry_gate::config::{self, Config};
+use registry_gate::{server, token};
+
+#[derive(Parser)]
+#[command(
+    name = "registry-gate",
+    version,
+    about = "Authentication and authorization in front of an open Docker/OCI registry"
+)]
+struct Cli {
+    /// The config file (also: REGISTRY_GATE_CONFIG); default config/registry-gate.toml.
+    #[arg(long, global = true, env = "REGISTRY_GATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gate (the default).
+    Serve,
+    /// Read a password from stdin (or a prompt) and print its bcrypt hash.
+    HashPassword {
+        /// bcrypt cost.
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
+    /// Write a new ES256 (P-256) signing key as PKCS#8 PEM.
+    GenKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load and validate the config; print it with secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(path, explicit),
+        Command::HashPassword { cost } => hash_password(cost),
+        Command::GenKey { out } => gen_key(&out),
+        Command::CheckConfig => check_config(path, explicit),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGISTRY_GATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: PathBuf, explicit: bool) -> Result<Config, ExitCode> {
+    config::load(&path, explicit).map_err(|errors| {
+        eprintln!("registry-gate: invalid configuration ({}):", path.display());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn serve(path: PathBuf, explicit: bool) -> ExitCode {
+    let config = match load(path, explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("registry-gate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let tls = match &config.server.tls {
+        Some(t) => match server::tls_acceptor(&t.cert, &t.key) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let app = match App::build(config) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = app.config.server.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("registry-gate: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let realm = app.config.server.public_url.as_ref().map_or_else(
+        || format!("{scheme}://<Host of each request>/auth"),
+        |u| format!("{u}/auth"),
+    );
+    tracing::info!(
+        listen = %format!("{scheme}://{addr}"),
+        upstream = %app.config.upstream.url,
+        realm = %realm,
+        service = %app.config.token.service,
+        signing_key = %format!("{} (kid {})", app.key_source, app.key_id),
+        "registry-gate listening"
+    );
+    server::serve(listener, app, tls, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+fn hash_password(cost: u32) -> ExitCode {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    if let Err(e) = stdin.lock().read_line(&mut line) {
+        eprintln!("registry-gate: cannot read the password: {e}");
+        return ExitCode::from(1);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("registry-gate: empty password");
+        return ExitCode::from(2);
+    }
+    match bcrypt::hash(password, cost) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn gen_key(out: &std::path::Path) -> ExitCode {
+    let pem = match token::keys::generate_es256_pem() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if out.exists() {
+        eprintln!(
+            "registry-gate: {} exists; not overwriting a key",
+            out.display()
+        );
+        return ExitCode::from(2);
+    }
+    let written = {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(out).and_then(|mut f| f.write_all(pem.as_bytes()))
+    };
+    match written {
+        Ok(()) => {
+            eprintln!("wrote an ES256 signing key to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-gate: cannot write {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_config(path: PathBuf, explicit: bool) -> ExitCode {
+    let config = match load(path.clone(), explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = App::build(config.clone()) {
+        eprintln!("registry-gate: {e}");
+        return ExitCode::from(2);
+    }
+    match toml::to_string_pretty(&config.raw) {
+        Ok(text) => {
+            println!(
+                "# effective configuration of {} (secrets redacted)\n{text}",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-gate: cannot print the config: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -4,6 +4,11 @@
 
 use std::collections::BTreeMap;
 
+pub mod static_users;
+
+use crate::secret::Secret;
+pub use static_users::StaticUsers;
+
 /// Labels attached to an identity (static `labels`, later LDAP attributes and
 /// groups), matchable by ACL rules and usable in `${labels:KEY}` placeholders.
 pub type Labels = BTreeMap<String, Vec<String>>;
@@ -55,4 +60,42 @@ pub enum AuthnError {
     Unavailable(String),
     #[error("authentication backend error: {0}")]
     Backend(String),
+}
+
+/// The authenticators in order: static users first, then (when configured)
+/// LDAP. A static account is decided by the static backend alone.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticators {
+    pub static_users: StaticUsers,
+}
+
+impl Authenticators {
+    /// `Ok(None)` means the credentials are wrong (401); `Err` means no
+    /// backend could decide (503).
+    pub async fn authenticate(
+        &self,
+        account: &str,
+        password: &Secret,
+    ) -> Result<Option<Identity>, AuthnError> {
+        // An empty password never authenticates anyone; LDAP servers treat an
+        // empty simple bind as an anonymous success, so refuse it up front.
+        if account.is_empty() || password.is_empty() {
+            return Ok(None);
+        }
+        // Deny by default: only a backend's positive answer authenticates.
+        self.static_users.authenticate(account, password).await
+    }
+
+    /// The current identity of an account named by a refresh token, if it
+    /// still exists.
+    pub async fn lookup(
+        &self,
+        account: &str,
+        backend: &str,
+    ) -> Result<Option<Identity>, AuthnError> {
+        Ok(match backend {
+            "static" => self.static_users.lookup(account),
+            _ => None,
+        })
+    }
 }

@@ -1,0 +1,107 @@
+//! The composition root: builds every component from a resolved `Config`.
+//! Nothing here binds a port; the server takes a listener and an `App`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::authn::{Authenticators, StaticUsers};
+use crate::authz::Acl;
+use crate::config::Config;
+use crate::token::keys::KeyError;
+use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
+use crate::upstream::Upstream;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub authn: Authenticators,
+    pub acl: Acl,
+    pub issuer: Issuer,
+    pub verifier: Verifier,
+    pub upstream: Upstream,
+    /// Where the signing key came from, for the startup line.
+    pub key_source: String,
+    pub key_id: String,
+}
+
+/// Why the app could not be built from a valid config (files unreadable).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("token.key: cannot read {path}: {source}")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token.key: {path}: {source}")]
+    Key { path: String, source: KeyError },
+    #[error("token: cannot make an ephemeral key: {0}")]
+    Ephemeral(KeyError),
+}
+
+impl App {
+    pub fn build(config: Config) -> Result<App, BuildError> {
+        let (key, key_source) = load_key(&config)?;
+        let key = Arc::new(key);
+        let t = &config.token;
+        let issuer = Issuer::new(
+            key.clone(),
+            &t.issuer,
+            &t.service,
+            t.lifetime,
+            t.refresh_lifetime,
+        );
+        let verifier = Verifier::new(
+            vec![VerifyingKey {
+                kid: key.kid.clone(),
+                algorithm: key.algorithm,
+                key: key.decoding.clone(),
+            }],
+            &t.issuer,
+            &t.service,
+            t.lifetime,
+        );
+        let upstream = Upstream::new(
+            &config.upstream.url,
+            &config.upstream.authority,
+            Duration::from_secs(5),
+        );
+        Ok(App {
+            authn: Authenticators {
+                static_users: StaticUsers::new(config.users.clone()),
+            },
+            acl: config.acl.clone(),
+            issuer,
+            verifier,
+            upstream,
+            key_source,
+            key_id: key.kid.clone(),
+            config,
+        })
+    }
+}
+
+fn load_key(config: &Config) -> Result<(SigningKey, String), BuildError> {
+    match &config.token.key {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let pem = std::fs::read_to_string(path).map_err(|source| BuildError::KeyFile {
+                path: shown.clone(),
+                source,
+            })?;
+            let key = SigningKey::from_pem(&pem).map_err(|source| BuildError::Key {
+                path: shown.clone(),
+                source,
+            })?;
+            Ok((key, shown))
+        }
+        None => {
+            tracing::warn!(
+                "token.key is not set: signing with an ephemeral key; tokens die with this \
+                 process and other instances cannot verify them (make one with \
+                 `registry-gate gen-key --out FILE`)"
+            );
+            let key = SigningKey::ephemeral().map_err(BuildError::Ephemeral)?;
+            Ok((key, "ephemeral".into()))
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Static users from the config file: bcrypt hashes checked off the async
+//! runtime (bcrypt is deliberately slow: tens of milliseconds per check).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{AuthnError, Backend, Identity};
+use crate::config::StaticUser;
+use crate::secret::Secret;
+
+/// A hash of a random password, checked when the account is unknown so that
+/// unknown and known accounts take the same time (no account enumeration).
+const DUMMY_HASH: &str = "$2y$10$j/zV1NrXiP0d/NjCSbO6z.LPudtqAOQXDkZHPGBHcMWFMAGU74Wka";
+
+#[derive(Debug, Clone, Default)]
+pub struct StaticUsers {
+    users: Arc<BTreeMap<String, StaticUser>>,
+}
+
+impl StaticUsers {
+    pub fn new(users: BTreeMap<String, StaticUser>) -> Self {
+        StaticUsers {
+            users: Arc::new(users),
+        }
+    }
+
+    /// True when the account is a static one: then only this backend decides
+    /// about it, so a static user and an LDAP user of the same name are never
+    /// confused.
+    pub fn contains(&self, account: &str) -> bool {
+        self.users.contains_key(account)
+    }
+
+    /// The identity of a static account, without checking a password (used
+    /// when a refresh token names it: the account must still exist).
+    pub fn lookup(&self, account: &str) -> Option<Identity> {
+        self.users.get(account).map(|u| Identity {
+            account: account.to_owned(),
+            backend: Backend::Static,
+            labels: u.labels.clone(),
+        })
+    }
+
+    /// `Ok(None)` for an unknown account or a wrong password.
+    pub async fn authenticate(
+        &self,
+        account: &str,
+        password: &Secret,
+    ) -> Result<Option<Identity>, AuthnError> {
+        let user = self.users.get(account);
+        let hash = user
+            .map_or(DUMMY_HASH, |u| u.password_hash.expose())
+            .to_owned();
+        let password = password.clone();
+        let matches = tokio::task::spawn_blocking(move || {
+            bcrypt::verify(password.expose(), &hash).unwrap_or(false)
+        })
+        .await
+        .map_err(|e| AuthnError::Backend(format!("password check failed: {e}")))?;
+        Ok(match (user, matches) {
+            (Some(_), true) => self.lookup(account),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> StaticUsers {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        StaticUsers::new(
+            [(
+                "alice".to_owned(),
+                StaticUser {
+                    password_hash: Secret::new(hash),
+                    labels: [("team".to_owned(), vec!["ops".to_owned()])].into(),
+                },
+            )]
+            .into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn checks_passwords() {
+        let u = users();
+        let ok = u
+            .authenticate("alice", &Secret::new("s3cret"))
+            .await
+            .unwrap();
+        assert_eq!(ok.unwrap().labels["team"], vec!["ops"]);
+        let cases = [
+            ("alice", "wrong"),
+            ("alice", ""),
+            ("bob", "s3cret"),
+            ("", ""),
+        ];
+        for (account, password) in cases {
+            let got = u
+                .authenticate(account, &Secret::new(password))
+                .await
+                .unwrap();
+            assert!(got.is_none(), "{account}/{password}");
+        }
+    }
+}

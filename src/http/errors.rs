@@ -1,0 +1,178 @@
+//! The one table of registry error codes (code, HTTP status, message), and
+//! the single place where errors become responses. Handlers return
+//! `ApiError`; the detail goes to the log, the client gets the code, the
+//! table's message and only the detail that is safe and useful to it.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{Body, full};
+use super::challenge::Challenge;
+
+/// Registry error codes (distribution `registry/api/errcode` and the OCI
+/// distribution spec), plus the few the gate itself needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthorized,
+    Denied,
+    NameInvalid,
+    TagInvalid,
+    DigestInvalid,
+    Unsupported,
+    NotFound,
+    BadRequest,
+    TooManyRequests,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    /// (code, status, message): the whole table.
+    pub fn info(self) -> (&'static str, StatusCode, &'static str) {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => (
+                "UNAUTHORIZED",
+                StatusCode::UNAUTHORIZED,
+                "authentication required",
+            ),
+            Denied => (
+                "DENIED",
+                StatusCode::FORBIDDEN,
+                "requested access to the resource is denied",
+            ),
+            NameInvalid => (
+                "NAME_INVALID",
+                StatusCode::BAD_REQUEST,
+                "invalid repository name",
+            ),
+            TagInvalid => (
+                "TAG_INVALID",
+                StatusCode::BAD_REQUEST,
+                "invalid tag or reference",
+            ),
+            DigestInvalid => ("DIGEST_INVALID", StatusCode::BAD_REQUEST, "invalid digest"),
+            Unsupported => (
+                "UNSUPPORTED",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the operation is unsupported",
+            ),
+            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
+            BadRequest => ("BAD_REQUEST", StatusCode::BAD_REQUEST, "malformed request"),
+            TooManyRequests => (
+                "TOOMANYREQUESTS",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+            ),
+            Unavailable => (
+                "UNAVAILABLE",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable",
+            ),
+            UpstreamError => (
+                "UNAVAILABLE",
+                StatusCode::BAD_GATEWAY,
+                "the upstream registry could not be reached",
+            ),
+            UpstreamTimeout => (
+                "UNAVAILABLE",
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream registry did not answer in time",
+            ),
+            Internal => (
+                "UNKNOWN",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ),
+        }
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// Told to the client; must hold no secret.
+    pub detail: Option<String>,
+    /// Rendered as `WWW-Authenticate` on 401s.
+    pub challenge: Option<Challenge>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode) -> Self {
+        ApiError {
+            code,
+            detail: None,
+            challenge: None,
+        }
+    }
+
+    pub fn detail(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            detail: Some(detail.into()),
+            challenge: None,
+        }
+    }
+
+    pub fn challenge(challenge: Challenge) -> Self {
+        ApiError {
+            code: ErrorCode::Unauthorized,
+            detail: None,
+            challenge: Some(challenge),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (code, status, message) = self.code.info();
+        let mut entry = serde_json::json!({ "code": code, "message": message });
+        if let Some(detail) = &self.detail {
+            entry["detail"] = detail.as_str().into();
+        }
+        let body = serde_json::json!({ "errors": [entry] }).to_string();
+        let mut resp = json_response(status, body);
+        if let Some(challenge) = &self.challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge.header_value());
+        }
+        if self.code == ErrorCode::TooManyRequests {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// A JSON response with the registry's API version header.
+pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+/// `Docker-Distribution-API-Version`, which docker checks on `/v2/`.
+pub const API_VERSION: &str = "docker-distribution-api-version";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn renders_the_registry_envelope() {
+        let resp = ApiError::detail(ErrorCode::NameInvalid, "bad name").into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[API_VERSION], "registry/2.0");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
+        assert_eq!(v["errors"][0]["detail"], "bad name");
+    }
+}

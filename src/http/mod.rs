@@ -1,0 +1,133 @@
+//! The HTTP edge: the only place that matches paths and builds responses.
+//!
+//! `handle` routes: `/auth` (the token realm), `/v2/...` (the registry),
+//! `/healthz`. Domain modules (authn, authz, token, access) never import this.
+
+pub mod body;
+pub mod catalog;
+pub mod challenge;
+pub mod errors;
+pub mod realm;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use body::Body;
+use errors::{ApiError, ErrorCode};
+
+/// What the server knows about a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Routes one request. Never fails: every error becomes a registry JSON error.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (resp, account) = match route(&app, req, conn).await {
+        Ok(ok) => ok,
+        Err(e) => (e.into_response(), None),
+    };
+    tracing::info!(
+        target: "access",
+        client = %conn.peer.ip(),
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        account = account.as_deref().unwrap_or("-"),
+        ms = started.elapsed().as_millis() as u64,
+    );
+    resp
+}
+
+type Routed = (Response<Body>, Option<String>);
+
+async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, ApiError> {
+    // An absolute-form target (`GET http://other/v2/...`) is a proxy request,
+    // not one for us; HTTP/2 always carries the authority, so only HTTP/1.
+    if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
+        return Err(ApiError::detail(
+            ErrorCode::BadRequest,
+            "absolute-form request targets are not served",
+        ));
+    }
+    let path = req.uri().path();
+    if path == "/auth" {
+        return realm::handle(app, req, conn).await;
+    }
+    if path == "/v2" || path.starts_with("/v2/") {
+        return registry::handle(app, req, conn).await;
+    }
+    if path == "/healthz" && (req.method() == Method::GET || req.method() == Method::HEAD) {
+        return Ok((
+            errors::json_response(StatusCode::OK, "{\"status\":\"ok\"}".into()),
+            None,
+        ));
+    }
+    Err(ApiError::new(ErrorCode::NotFound))
+}
+
+/// The gate's own base URL as the client sees it: `server.public_url` when
+/// set, otherwise the scheme of this connection and the client's `Host`
+/// (HTTP/2: the `:authority`). A `Host` that is not a plain host[:port] is
+/// refused rather than echoed into challenges and `Location` headers.
+pub fn external_base(app: &App, req: &Request<Incoming>, conn: Conn) -> Result<String, ApiError> {
+    if let Some(url) = &app.config.server.public_url {
+        return Ok(url.clone());
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ApiError::detail(ErrorCode::BadRequest, "missing Host header"))?;
+    if !valid_host(&host) {
+        return Err(ApiError::detail(
+            ErrorCode::BadRequest,
+            "invalid Host header",
+        ));
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}"))
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_are_plain() {
+        for ok in [
+            "gate",
+            "gate:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "my-gate.example.com",
+        ] {
+            assert!(super::valid_host(ok), "{ok}");
+        }
+        for bad in ["", "a b", "evil\"/x", "a@b", "a/b", "a\r\nb"] {
+            assert!(!super::valid_host(bad), "{bad}");
+        }
+    }
+}

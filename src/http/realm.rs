@@ -1,0 +1,323 @@
+//! The token realm (`/auth`): distribution's token.md (GET with Basic auth,
+//! as docker and skopeo ask) and oauth.md (POST form, as containerd, and so
+//! every Kubernetes node, asks first).
+//!
+//! Credentials -> authn -> Identity -> authz -> granted scopes -> token.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::body::Body;
+use super::errors::{ApiError, ErrorCode, json_response};
+use super::{Conn, Routed};
+use crate::app::App;
+use crate::authn::{AuthnError, Identity};
+use crate::authz::Subject;
+use crate::scope::{self, Scope};
+use crate::secret::Secret;
+
+/// Token request forms are tiny; anything bigger is not one.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// A parsed token request, whichever way it came.
+#[derive(Debug, Default)]
+struct TokenRequest {
+    service: Option<String>,
+    scopes: Vec<Scope>,
+    credentials: Credentials,
+    /// `offline_token=true` (GET) or `access_type=offline` (POST).
+    offline: bool,
+    /// The `account` parameter docker sends beside Basic credentials.
+    account: Option<String>,
+}
+
+#[derive(Debug, Default)]
+enum Credentials {
+    #[default]
+    Anonymous,
+    Password {
+        account: String,
+        password: Secret,
+    },
+    Refresh(Secret),
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    token: &'a str,
+    access_token: &'a str,
+    expires_in: u64,
+    issued_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+}
+
+pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, ApiError> {
+    let tr = match *req.method() {
+        Method::GET => parse_get(req.uri().query().unwrap_or(""), req.headers())?,
+        Method::POST => parse_post(req).await?,
+        _ => return Err(ApiError::detail(ErrorCode::Unsupported, "use GET or POST")),
+    };
+    let service = tr.service.as_deref().unwrap_or_default();
+    if service != app.config.token.service {
+        return Err(ApiError::detail(
+            ErrorCode::BadRequest,
+            format!("unknown service {service:?}"),
+        ));
+    }
+    let (identity, refresh) = authenticate(app, &tr).await?;
+    let subject = Subject {
+        account: &identity.account,
+        labels: &identity.labels,
+        ip: Some(conn.peer.ip()),
+        service,
+    };
+    let granted = app
+        .acl
+        .grant_all(&subject, &scope::merge(tr.scopes.clone()));
+    let issued = app.issuer.issue(&identity, &granted).map_err(internal)?;
+    let refresh_token = match refresh {
+        Some(existing) => Some(existing),
+        None if tr.offline && !identity.account.is_empty() => Some(Secret::new(
+            app.issuer.issue_refresh(&identity).map_err(internal)?,
+        )),
+        None => None,
+    };
+    log_grant(&identity, &tr.scopes, &granted, conn);
+    let body = serde_json::to_string(&TokenResponse {
+        token: &issued.token,
+        access_token: &issued.token,
+        expires_in: issued.expires_in,
+        issued_at: &issued.issued_at,
+        refresh_token: refresh_token.as_ref().map(Secret::expose),
+    })
+    .map_err(|e| internal(e.to_string()))?;
+    let mut resp: Response<Body> = json_response(StatusCode::OK, body);
+    // Tokens must not be cached by anything between us and the client.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let account = Some(identity.account).filter(|a| !a.is_empty());
+    Ok((resp, account))
+}
+
+/// Authenticates the request; for a refresh grant also returns the refresh
+/// token to hand back unchanged (docker keeps using the one it stored).
+async fn authenticate(
+    app: &App,
+    tr: &TokenRequest,
+) -> Result<(Identity, Option<Secret>), ApiError> {
+    match &tr.credentials {
+        Credentials::Anonymous => Ok((Identity::anonymous(), None)),
+        Credentials::Password { account, password } => {
+            if tr.account.as_ref().is_some_and(|a| a != account) {
+                return Err(ApiError::detail(
+                    ErrorCode::BadRequest,
+                    "the account parameter does not match the credentials",
+                ));
+            }
+            match app.authn.authenticate(account, password).await {
+                Ok(Some(identity)) => Ok((identity, None)),
+                Ok(None) => {
+                    tracing::warn!(target: "audit", account = %account, "login failed: bad credentials");
+                    Err(bad_credentials())
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+        Credentials::Refresh(token) => {
+            let claims = app.verifier.verify_refresh(token.expose()).map_err(|e| {
+                tracing::warn!(target: "audit", reason = %e, "refresh token refused");
+                bad_credentials()
+            })?;
+            // The account must still exist: removing a user ends their logins.
+            match app.authn.lookup(&claims.sub, &claims.backend).await {
+                Ok(Some(identity)) => Ok((identity, Some(token.clone()))),
+                Ok(None) => Err(bad_credentials()),
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+    }
+}
+
+fn parse_get(query: &str, headers: &HeaderMap) -> Result<TokenRequest, ApiError> {
+    let mut tr = TokenRequest::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "service" => tr.service = Some(v.into_owned()),
+            // Repeatable, and each may itself hold a space-separated list.
+            "scope" => tr.scopes.extend(parse_scopes(&v)?),
+            "offline_token" => tr.offline = v == "true",
+            "account" => tr.account = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let (account, password) = parse_basic(auth)?;
+        tr.credentials = Credentials::Password { account, password };
+    }
+    Ok(tr)
+}
+
+async fn parse_post(req: Request<Incoming>) -> Result<TokenRequest, ApiError> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(ApiError::detail(
+            ErrorCode::BadRequest,
+            "token POSTs must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form: Bytes = Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::detail(
+                ErrorCode::BadRequest,
+                "token request form too large or broken",
+            )
+        })?
+        .to_bytes();
+    let mut tr = TokenRequest::default();
+    let (mut grant, mut username, mut password, mut refresh) = (None, None, None, None);
+    for (k, v) in form_urlencoded::parse(&form) {
+        match &*k {
+            "grant_type" => grant = Some(v.into_owned()),
+            "service" => tr.service = Some(v.into_owned()),
+            "scope" => tr.scopes.extend(parse_scopes(&v)?),
+            "access_type" => tr.offline = v == "offline",
+            "username" => username = Some(v.into_owned()),
+            "password" => password = Some(Secret::new(v.into_owned())),
+            "refresh_token" => refresh = Some(Secret::new(v.into_owned())),
+            _ => {}
+        }
+    }
+    tr.credentials = match (grant.as_deref(), username, password, refresh) {
+        (Some("password"), Some(account), Some(password), _) => {
+            Credentials::Password { account, password }
+        }
+        (Some("refresh_token"), _, _, Some(token)) => Credentials::Refresh(token),
+        (Some("password" | "refresh_token"), ..) => {
+            return Err(ApiError::detail(
+                ErrorCode::BadRequest,
+                "grant_type password needs username and password; refresh_token needs refresh_token",
+            ));
+        }
+        _ => {
+            return Err(ApiError::detail(
+                ErrorCode::BadRequest,
+                "grant_type must be password or refresh_token",
+            ));
+        }
+    };
+    Ok(tr)
+}
+
+fn parse_scopes(v: &str) -> Result<Vec<Scope>, ApiError> {
+    Scope::parse_list(v).map_err(|e| ApiError::detail(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// Parses `Authorization: Basic base64(account:password)`.
+fn parse_basic(value: &HeaderValue) -> Result<(String, Secret), ApiError> {
+    let bad = || {
+        ApiError::detail(
+            ErrorCode::BadRequest,
+            "malformed Basic authorization header",
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let (scheme, encoded) = value.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") || encoded.len() > 4096 {
+        return Err(bad());
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (account, password) = decoded.split_once(':').ok_or_else(bad)?;
+    if account.is_empty() || account.len() > 256 || account.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok((account.to_owned(), Secret::new(password)))
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::detail(
+        ErrorCode::Unauthorized,
+        "invalid username, password or refresh token",
+    )
+}
+
+fn unavailable(e: AuthnError) -> ApiError {
+    tracing::error!(error = %e, "authentication backend could not decide");
+    ApiError::detail(
+        ErrorCode::Unavailable,
+        "authentication backend unavailable, try again later",
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "token issuing failed");
+    ApiError::new(ErrorCode::Internal)
+}
+
+fn log_grant(identity: &Identity, asked: &[Scope], granted: &[Scope], conn: Conn) {
+    let list = |s: &[Scope]| s.iter().map(Scope::to_string).collect::<Vec<_>>().join(" ");
+    tracing::info!(
+        target: "audit",
+        event = "token_issued",
+        account = %identity.account,
+        backend = identity.backend.as_str(),
+        client = %conn.peer.ip(),
+        requested = %list(asked),
+        granted = %list(granted),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).unwrap()
+    }
+
+    #[test]
+    fn parses_basic_headers() {
+        let (a, p) = parse_basic(&basic("admin:bad:min")).unwrap();
+        assert_eq!((a.as_str(), p.expose()), ("admin", "bad:min"));
+        let (_, p) = parse_basic(&basic("admin:")).unwrap();
+        assert!(p.is_empty());
+        let bad = [
+            HeaderValue::from_static("Bearer abc"),
+            HeaderValue::from_static("Basic"),
+            HeaderValue::from_static("Basic !!!"),
+            basic("nocolon"),
+            basic(":password"),
+            basic("a\u{1}b:p"),
+        ];
+        for v in bad {
+            assert!(parse_basic(&v).is_err(), "{v:?}");
+        }
+        let lower = HeaderValue::from_str(&format!("basic {}", STANDARD.encode("u:p"))).unwrap();
+        assert!(parse_basic(&lower).is_ok());
+    }
+
+    #[test]
+    fn parses_get_requests() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, basic("u:p"));
+        let q = "service=Docker%20registry&scope=repository:a:pull&scope=repository:b:push%20registry:catalog:*&offline_token=true&account=u";
+        let tr = parse_get(q, &h).unwrap();
+        assert_eq!(tr.service.as_deref(), Some("Docker registry"));
+        assert_eq!(tr.scopes.len(), 3);
+        assert!(tr.offline);
+        assert!(matches!(tr.credentials, Credentials::Password { .. }));
+        assert!(parse_get("scope=nonsense", &HeaderMap::new()).is_err());
+    }
+}
