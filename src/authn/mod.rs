@@ -56,3 +56,6 @@ pub enum AuthnError {
     #[error("authentication backend error: {0}")]
     Backend(String),
 }
+
+pub mod cache;
+pub mod ldap;
