@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod cache;
+pub mod ldap;
 pub mod static_users;
 
 use crate::secret::Secret;
