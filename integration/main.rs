@@ -1,1 +1,9 @@
 //! Integration tests: real docker-registry, slapd and the gate on loopback.
+//!
+//! One test binary (see Cargo.toml). Each test starts its own servers as
+//! child processes on ports chosen at run time and stops them by PID.
+
+mod harness;
+
+mod core;
+// The LDAP work adds: `mod ldap;`

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Stops what integration/up.sh started, by the PID files in
+# $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev). Storage is kept.
+set -euo pipefail
+
+STATE=${REGISTRY_GATE_STATE:-/tmp/registry-gate-dev}
+
+stop() { # PIDFILE PROGRAM
+    local pidfile=$1 program=$2 pid
+    [ -f "$pidfile" ] || { echo "$program: no PID file"; return 0; }
+    pid=$(cat "$pidfile")
+    # Only the process we started: alive, and still that program (no PID reuse).
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$program"; then
+        kill "$pid"
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid"
+        fi
+        echo "$program (PID $pid) stopped"
+    else
+        echo "$program (PID $pid) was not running"
+    fi
+    rm -f "$pidfile"
+}
+
+stop "$STATE/gate.pid" registry-gate
+stop "$STATE/registry.pid" docker-registry

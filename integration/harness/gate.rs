@@ -1,0 +1,113 @@
+//! The gate binary, run as a process: `registry-gate serve --config FILE`,
+//! listen address and upstream set by the `REGISTRY_GATE_*` overrides.
+
+use super::{Daemon, free_port, loopback, repo_root, scrub_env};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_registry-gate");
+
+/// config/registry-gate.toml, the example configuration.
+pub fn example_config_path() -> PathBuf {
+    repo_root().join("config/registry-gate.toml")
+}
+
+pub fn example_config() -> String {
+    std::fs::read_to_string(example_config_path()).expect("read config/registry-gate.toml")
+}
+
+pub struct Gate {
+    daemon: Daemon,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Gate {
+    /// The gate with the example configuration in front of `upstream_url`.
+    pub async fn start(upstream_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with_config(&example_config(), upstream_url, extra_env).await
+    }
+
+    /// The gate with `config` (TOML text, written to a temp dir that is also
+    /// its working directory, so no site override file is picked up).
+    /// Waits until `GET /healthz` answers 200; panics with the log otherwise.
+    pub async fn start_with_config(
+        config: &str,
+        upstream_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("it-gate-")
+            .tempdir()
+            .expect("temp dir");
+        let config_path = dir.path().join("registry-gate.toml");
+        std::fs::write(&config_path, config).expect("write gate config");
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let addr = loopback(free_port());
+            let mut cmd = Command::new(BIN);
+            cmd.arg("serve").arg("--config").arg(&config_path);
+            cmd.current_dir(dir.path());
+            scrub_env(&mut cmd);
+            cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
+                .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)
+                .envs(extra_env.iter().copied());
+            let mut daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
+            match daemon
+                .wait_ready(&format!("http://{addr}/healthz"), Duration::from_secs(15))
+                .await
+            {
+                Ok(()) => return Gate { daemon, addr, dir },
+                // An exit may be a lost race for the port: try another one.
+                Err(e) if daemon.exited().is_some() => {
+                    last_error = format!("{e}\n----- gate log -----\n{}", daemon.log())
+                }
+                Err(e) => panic!("{e}\n----- gate log -----\n{}", daemon.log()),
+            }
+        }
+        panic!("the gate did not start: {last_error}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("registry-gate.toml")
+    }
+}
+
+/// Runs the gate's CLI once (`check-config`, `hash-password`, `gen-key`...)
+/// with `stdin` as input, in `cwd`; kills it after 30 s.
+pub async fn cli(args: &[&str], env: &[(&str, &str)], stdin: &str, cwd: &Path) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(cwd);
+    scrub_env(&mut cmd);
+    cmd.envs(env.iter().copied());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn registry-gate");
+    let mut input = child.stdin.take().expect("stdin");
+    // A command that does not read its input may close it first: not an error.
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("registry-gate {args:?} did not finish within 30 s"))
+        .expect("registry-gate output")
+}

@@ -1,0 +1,213 @@
+//! The integration harness: real servers (distribution's `docker-registry`,
+//! the gate, later slapd) as child processes on loopback ports chosen at run
+//! time, each with its own temp dir, each stopped by its PID when dropped.
+//!
+//! Nothing here mocks anything, nothing here talks to anything but 127.0.0.1.
+// Shared by several test modules; not every helper is used by every module.
+#![allow(dead_code)]
+
+pub mod gate;
+pub mod http;
+pub mod image;
+pub mod registry;
+// The LDAP work adds: `pub mod slapd;`
+
+pub use gate::Gate;
+pub use registry::Registry;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago. Callers that hand it to a
+/// server retry with another one when the server fails to bind.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The repository root (where Cargo.toml and config/ live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Removes from a child's environment what would make it talk to something
+/// other than loopback (proxies) or read the developer's gate settings.
+pub fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        let upper = key_str.to_ascii_uppercase();
+        if upper.ends_with("_PROXY") || upper.starts_with("REGISTRY_GATE_") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// A child process with its output in a log file. Dropping it kills and
+/// reaps exactly that child (by its PID, never by name). When dropped during
+/// a panic (a failed test), the tail of its log goes to stderr, which the
+/// test runner shows with the failure.
+pub struct Daemon {
+    name: String,
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &str, mut cmd: Command, log_path: &Path) -> Self {
+        let log = File::create(log_path).expect("create log file");
+        let err = log.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has already stopped.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Polls `url` until it answers 200. Err (with the reason) if the process
+    /// exits first or `timeout` passes.
+    pub async fn wait_ready(&mut self, url: &str, timeout: Duration) -> Result<(), String> {
+        let client = http::client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(format!(
+                    "{} exited ({status}) before {url} answered 200",
+                    self.name
+                ));
+            }
+            if let Ok(resp) = client.get(url).send().await {
+                if resp.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not answer 200 on {url} within {timeout:?}",
+                    self.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "----- last lines of the {} log ({}) -----",
+                self.name,
+                self.log_path.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A fresh upstream registry and a gate in front of it.
+/// Field order matters: the gate is dropped (stopped) before the registry.
+pub struct Stack {
+    pub gate: Gate,
+    pub registry: Registry,
+}
+
+impl Stack {
+    /// Registry + gate running the example config (config/registry-gate.toml).
+    pub async fn start() -> Self {
+        let registry = Registry::start().await;
+        let gate = Gate::start(&registry.url(), &[]).await;
+        Stack { gate, registry }
+    }
+
+    /// Registry + gate running `config` (TOML text); listen and upstream
+    /// come from the environment overrides.
+    pub async fn with_config(config: &str) -> Self {
+        let registry = Registry::start().await;
+        let gate = Gate::start_with_config(config, &registry.url(), &[]).await;
+        Stack { gate, registry }
+    }
+}
+
+/// Checks the harness itself, without the gate.
+mod selftest {
+    use super::image::{OciImage, Skopeo, push_http};
+    use super::{Registry, http};
+
+    #[tokio::test]
+    async fn upstream_harness_accepts_direct_push() {
+        let registry = Registry::start().await;
+        let skopeo = Skopeo::new();
+
+        // skopeo, straight to the upstream, no credentials.
+        let image = OciImage::generate();
+        let dest = format!("{}/harness/skopeo:v1", registry.addr);
+        let out = skopeo.push(&image, &dest, None).await;
+        assert!(
+            out.status.success(),
+            "skopeo push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(registry.has_repository("harness/skopeo"));
+        assert_eq!(
+            skopeo.inspect_digest(&dest, None).await,
+            image.manifest_digest
+        );
+
+        // The hand-rolled HTTP push gives the same digest to skopeo.
+        let other = OciImage::generate();
+        let client = http::client();
+        push_http(&client, &registry.url(), "harness/http", "v2", None, &other).await;
+        let dest = format!("{}/harness/http:v2", registry.addr);
+        assert_eq!(
+            skopeo.inspect_digest(&dest, None).await,
+            other.manifest_digest
+        );
+
+        // Pull back into a fresh layout: same manifest digest.
+        let (out, pulled) = skopeo.pull(&dest, None).await;
+        assert!(
+            out.status.success(),
+            "skopeo pull: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(pulled.digest(), other.manifest_digest);
+
+        // The request log parser sees what happened, and settles on demand.
+        let seen = registry.requests_settled().await;
+        let put = "PUT /v2/harness/http/manifests/v2".to_string();
+        assert!(seen.contains(&put), "{put} not in {seen:#?}");
+        assert!(!registry.has_repository("harness/never"));
+    }
+}
