@@ -9,7 +9,7 @@ use crate::harness::http::{
     request_token, token, token_response, with_bad_signature, with_claims,
 };
 use crate::harness::image::{OciImage, Skopeo, push_http};
-use crate::harness::{Gate, Registry, Stack};
+use crate::harness::{Gate, Registry, Stack, repo_root};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -638,14 +638,15 @@ async fn upload_location_points_at_gate() {
 
 #[tokio::test]
 async fn check_config_accepts_example_and_redacts_secrets() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = example_config_path();
     let args = [
         "check-config",
         "--config",
         config.to_str().expect("utf-8 path"),
     ];
-    let out = gate::cli(&args, &[], "", dir.path()).await;
+    // From the repository root, as a user runs it: relative paths in the
+    // example config (config/ldap_password.txt) resolve against it.
+    let out = gate::cli(&args, &[], "", &repo_root()).await;
     let text = combined_output(&out);
     assert!(out.status.success(), "{text}");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -6,4 +6,4 @@
 mod harness;
 
 mod core;
-// The LDAP work adds: `mod ldap;`
+mod ldap_backend;

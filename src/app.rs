@@ -4,7 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authn::{Authenticators, StaticUsers};
+use crate::authn::{Authenticators, LdapAuthenticator, LoginCache, StaticUsers};
+
+/// How long a verified static password is remembered (it changes only with
+/// the config file).
+const STATIC_CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long a wrong static password is remembered: short, so a typo costs
+/// little, but long enough that a guessing loop does not cost a bcrypt each.
+const STATIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 use crate::authz::Acl;
 use crate::config::Config;
 use crate::token::keys::KeyError;
@@ -66,9 +73,11 @@ impl App {
             Duration::from_secs(5),
         );
         Ok(App {
-            authn: Authenticators {
-                static_users: StaticUsers::new(config.users.clone()),
-            },
+            authn: Authenticators::new(
+                StaticUsers::new(config.users.clone()),
+                config.ldap.clone().map(LdapAuthenticator::new),
+                LoginCache::new(STATIC_CACHE_TTL, STATIC_NEGATIVE_TTL, 10_000),
+            ),
             acl: config.acl.clone(),
             issuer,
             verifier,

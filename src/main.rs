@@ -45,6 +45,15 @@ enum Command {
     },
     /// Load and validate the config; print it with secrets redacted.
     CheckConfig,
+    /// Check the [ldap] settings: bind with the service account, show what the
+    /// search base and filter find and, with an ACCOUNT, whether it would log
+    /// in (asking for its password on stdin when --password-stdin is given).
+    LdapCheck {
+        account: Option<String>,
+        /// Read the account's password from stdin and try a real login.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +68,10 @@ fn main() -> ExitCode {
         Command::HashPassword { cost } => hash_password(cost),
         Command::GenKey { out } => gen_key(&out),
         Command::CheckConfig => check_config(path, explicit),
+        Command::LdapCheck {
+            account,
+            password_stdin,
+        } => ldap_check(path, explicit, account, password_stdin),
     }
 }
 
@@ -248,6 +261,55 @@ fn check_config(path: PathBuf, explicit: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("registry-gate: cannot print the config: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ldap_check(
+    path: PathBuf,
+    explicit: bool,
+    account: Option<String>,
+    password_stdin: bool,
+) -> ExitCode {
+    let config = match load(path, explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(ldap) = config.ldap else {
+        eprintln!("registry-gate: no [ldap] section in the configuration");
+        return ExitCode::from(2);
+    };
+    let password = if password_stdin {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("registry-gate: cannot read the password: {e}");
+            return ExitCode::from(1);
+        }
+        Some(registry_gate::secret::Secret::new(
+            line.trim_end_matches(['\r', '\n']),
+        ))
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("registry-gate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let authenticator = registry_gate::authn::LdapAuthenticator::new(ldap);
+    match runtime.block_on(authenticator.check(account.as_deref(), password.as_ref())) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
             ExitCode::from(1)
         }
     }

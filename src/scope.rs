@@ -142,8 +142,11 @@ impl Scope {
     }
 
     /// True when every action of `needed` is in this scope (same resource).
+    /// A granted `*` covers every action, as in distribution's `actionSet`
+    /// (`auth/token/util.go`): `repository:a:*` allows pull, push and delete.
     pub fn covers(&self, needed: &Scope) -> bool {
-        self.same_resource(needed) && needed.actions.is_subset(&self.actions)
+        self.same_resource(needed)
+            && (self.actions.contains(&Action::All) || needed.actions.is_subset(&self.actions))
     }
 }
 
@@ -288,6 +291,9 @@ mod tests {
         assert!(!granted.covers(&Scope::repository("a", [Delete])));
         assert!(!granted.covers(&Scope::repository("b", [Pull])));
         assert!(!granted.covers(&Scope::new(REGISTRY, "a", [Pull])));
+        let star = Scope::repository("a", [All]);
+        assert!(star.covers(&Scope::repository("a", [Pull, Push, Delete])));
+        assert!(!star.covers(&Scope::repository("b", [Pull])));
     }
 
     #[test]

@@ -32,8 +32,8 @@ impl Gate {
         Self::start_with_config(&example_config(), upstream_url, extra_env).await
     }
 
-    /// The gate with `config` (TOML text, written to a temp dir that is also
-    /// its working directory, so no site override file is picked up).
+    /// The gate with `config` (TOML text, written to a temp dir, so no site
+    /// override file `*.local.toml` is picked up), run from the repository root.
     /// Waits until `GET /healthz` answers 200; panics with the log otherwise.
     pub async fn start_with_config(
         config: &str,
@@ -51,7 +51,9 @@ impl Gate {
             let addr = loopback(free_port());
             let mut cmd = Command::new(BIN);
             cmd.arg("serve").arg("--config").arg(&config_path);
-            cmd.current_dir(dir.path());
+            // Relative paths in the config (config/ldap_password.txt...) resolve
+            // against the working directory: the repository root, as for a user.
+            cmd.current_dir(repo_root());
             scrub_env(&mut cmd);
             cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
                 .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)

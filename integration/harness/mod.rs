@@ -10,7 +10,7 @@ pub mod gate;
 pub mod http;
 pub mod image;
 pub mod registry;
-// The LDAP work adds: `pub mod slapd;`
+pub mod slapd;
 
 pub use gate::Gate;
 pub use registry::Registry;
@@ -139,24 +139,42 @@ impl Drop for Daemon {
 /// A fresh upstream registry and a gate in front of it.
 /// Field order matters: the gate is dropped (stopped) before the registry.
 pub struct Stack {
+    // Field order is drop order: the gate stops first.
     pub gate: Gate,
     pub registry: Registry,
+    pub slapd: Option<slapd::Slapd>,
 }
 
 impl Stack {
-    /// Registry + gate running the example config (config/registry-gate.toml).
+    /// The reference setup: registry + slapd with the example directory + the
+    /// gate running the example config (config/registry-gate.toml), its
+    /// `[ldap] url` pointed at this slapd.
     pub async fn start() -> Self {
-        let registry = Registry::start().await;
-        let gate = Gate::start(&registry.url(), &[]).await;
-        Stack { gate, registry }
+        Self::with_config(&gate::example_config()).await
     }
 
     /// Registry + gate running `config` (TOML text); listen and upstream
-    /// come from the environment overrides.
+    /// come from the environment overrides. A config with an `[ldap]` section
+    /// gets its own slapd, loaded with the example directory.
     pub async fn with_config(config: &str) -> Self {
         let registry = Registry::start().await;
-        let gate = Gate::start_with_config(config, &registry.url(), &[]).await;
-        Stack { gate, registry }
+        if !config.contains("\n[ldap]") {
+            let gate = Gate::start_with_config(config, &registry.url(), &[]).await;
+            return Stack {
+                gate,
+                registry,
+                slapd: None,
+            };
+        }
+        let slapd = slapd::Slapd::start(slapd::SlapdOptions::default()).await;
+        let url = slapd.url();
+        let env = [("REGISTRY_GATE_LDAP__URL", url.as_str())];
+        let gate = Gate::start_with_config(config, &registry.url(), &env).await;
+        Stack {
+            gate,
+            registry,
+            slapd: Some(slapd),
+        }
     }
 }
 

@@ -3,12 +3,15 @@
 //! Depends on `config` for its settings and on nothing of the HTTP layer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub mod cache;
 pub mod ldap;
 pub mod static_users;
 
 use crate::secret::Secret;
+pub use cache::LoginCache;
+pub use ldap::LdapAuthenticator;
 pub use static_users::StaticUsers;
 
 /// Labels attached to an identity (static `labels`, later LDAP attributes and
@@ -65,13 +68,34 @@ pub enum AuthnError {
 }
 
 /// The authenticators in order: static users first, then (when configured)
-/// LDAP. A static account is decided by the static backend alone.
-#[derive(Debug, Clone, Default)]
+/// LDAP, each behind a login cache. A static account is decided by the
+/// static backend alone, so a static user and an LDAP user of the same name
+/// are never confused.
+#[derive(Clone)]
 pub struct Authenticators {
     pub static_users: StaticUsers,
+    /// bcrypt is slow on purpose, and docker asks for a token with Basic
+    /// credentials again and again: successful static logins are cached too.
+    pub static_cache: Arc<LoginCache>,
+    pub ldap: Option<(Arc<LdapAuthenticator>, Arc<LoginCache>)>,
 }
 
 impl Authenticators {
+    pub fn new(
+        static_users: StaticUsers,
+        ldap: Option<LdapAuthenticator>,
+        static_cache: LoginCache,
+    ) -> Self {
+        Authenticators {
+            static_users,
+            static_cache: Arc::new(static_cache),
+            ldap: ldap.map(|l| {
+                let cache = Arc::new(l.config().login_cache());
+                (Arc::new(l), cache)
+            }),
+        }
+    }
+
     /// `Ok(None)` means the credentials are wrong (401); `Err` means no
     /// backend could decide (503).
     pub async fn authenticate(
@@ -84,20 +108,35 @@ impl Authenticators {
         if account.is_empty() || password.is_empty() {
             return Ok(None);
         }
-        // Deny by default: only a backend's positive answer authenticates.
-        self.static_users.authenticate(account, password).await
+        if self.static_users.contains(account) {
+            let users = &self.static_users;
+            return self
+                .static_cache
+                .authenticate(account, password, || users.authenticate(account, password))
+                .await;
+        }
+        if let Some((ldap, cache)) = &self.ldap {
+            return cache
+                .authenticate(account, password, || ldap.authenticate(account, password))
+                .await;
+        }
+        // Deny by default: no backend knows the account.
+        Ok(None)
     }
 
     /// The current identity of an account named by a refresh token, if it
-    /// still exists.
+    /// still exists in the backend that vouched for it.
     pub async fn lookup(
         &self,
         account: &str,
         backend: &str,
     ) -> Result<Option<Identity>, AuthnError> {
-        Ok(match backend {
-            "static" => self.static_users.lookup(account),
-            _ => None,
-        })
+        match (backend, &self.ldap) {
+            ("static", _) => Ok(self.static_users.lookup(account)),
+            ("ldap", Some((ldap, _))) if !self.static_users.contains(account) => {
+                ldap.lookup(account).await
+            }
+            _ => Ok(None),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Labels;
+use crate::authn::ldap::LdapConfig;
 use crate::authz::RawRule;
 use crate::secret::Secret;
 
@@ -26,6 +27,8 @@ pub struct RawConfig {
     pub users: BTreeMap<String, RawUser>,
     #[serde(default)]
     pub acl: Vec<RawRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
@@ -11,6 +11,7 @@ use http::Uri;
 use super::raw::RawConfig;
 use super::{ConfigError, ConfigErrors};
 use crate::authn::Labels;
+use crate::authn::ldap::ResolvedLdap;
 use crate::authz::Acl;
 use crate::secret::Secret;
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub token: TokenConfig,
     pub users: BTreeMap<String, StaticUser>,
     pub acl: Acl,
+    /// `[ldap]`, when configured: files read, URLs checked, TLS trust built.
+    pub ldap: Option<ResolvedLdap>,
     /// What was read, for `check-config` (secrets print as `***`).
     pub raw: RawConfig,
 }
@@ -113,6 +116,17 @@ impl Config {
             );
         }
         let acl = Acl::compile(&raw.acl).map_err(|e| ConfigError::new(e.path, e.message));
+        // Relative paths in [ldap] resolve against the working directory, as
+        // every other path in the file does.
+        let ldap = raw
+            .ldap
+            .as_ref()
+            .map(|l| l.resolve(Path::new(".")))
+            .transpose()
+            .map_err(|e| ConfigError::new(e.key, e.message));
+        if let Err(e) = &ldap {
+            errors.push(e.clone());
+        }
         let (listen, public_url, upstream, acl) = match (listen, public_url, upstream, acl) {
             (Ok(l), Ok(p), Ok(u), Ok(a)) if errors.is_empty() => (l, p, u, a),
             (l, p, u, a) => {
@@ -150,6 +164,7 @@ impl Config {
             },
             users,
             acl,
+            ldap: ldap.ok().flatten(),
             raw,
         })
     }
