@@ -421,3 +421,126 @@ async fn ldap_check_reports() {
     assert!(report.contains("cannot log in"), "{report}");
     assert!(!report.contains(PASSWORD), "{report}");
 }
+
+#[tokio::test]
+async fn ldap_identity_carries_the_canonical_account_name() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let ldap = authenticator(&config(&slapd.url(), GROUP_SEARCH));
+
+    // The directory matches uid case- and space-insensitively; the identity
+    // is named by the entry's uid, not by what was typed.
+    for typed in ["MOZART", "Mozart", " mozart ", "mozart"] {
+        let id = ldap
+            .authenticate(typed, &pw(PASSWORD))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{typed:?} logs in"));
+        assert_eq!(id.account, "mozart", "typed {typed:?}");
+        assert_eq!(id.labels.get("groups"), Some(&vec!["pushers".to_string()]));
+    }
+    assert_eq!(slapd.bind_count(MOZART_DN), 4);
+    // The wrong password is still wrong in any spelling.
+    assert_eq!(
+        ldap.authenticate("MOZART", &pw("wrong")).await.unwrap(),
+        None
+    );
+    // The uid was asked for in the account search.
+    let log = slapd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" SRCH attr=") && l.contains("uid")),
+        "{log}"
+    );
+
+    // Refresh tokens carry the canonical name: lookup accepts it, and
+    // refuses another spelling rather than renaming the token's subject.
+    let id = ldap.lookup("mozart").await.unwrap().unwrap();
+    assert_eq!(id.account, "mozart");
+    assert_eq!(ldap.lookup("MOZART").await.unwrap(), None);
+    assert_eq!(ldap.lookup(" mozart ").await.unwrap(), None);
+
+    // ldap-check names the canonical account.
+    let report = ldap
+        .check(Some("MOZART"), Some(&pw(PASSWORD)))
+        .await
+        .unwrap();
+    assert!(
+        report.contains("account name (from uid, used by ACL rules): mozart"),
+        "{report}"
+    );
+    assert!(
+        report.contains("password accepted: would log in as mozart"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn ldap_account_attribute_selects_the_name() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let ldap = authenticator(&config(&slapd.url(), r#"account_attribute = "mail""#));
+    let id = ldap
+        .authenticate("MOZART", &pw(PASSWORD))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id.account, "mozart@example.com");
+    // The filter must find the entry by that name for refresh tokens.
+    assert_eq!(ldap.lookup("mozart@example.com").await.unwrap(), None);
+    let mut cfg = config(&slapd.url(), r#"account_attribute = "mail""#);
+    cfg.filter = "(|(uid=${account})(mail=${account}))".into();
+    let ldap = authenticator(&cfg);
+    let id = ldap.lookup("mozart@example.com").await.unwrap().unwrap();
+    assert_eq!(id.account, "mozart@example.com");
+}
+
+#[tokio::test]
+async fn ldap_entry_without_the_account_attribute_is_refused() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    // employeeNumber is in inetOrgPerson but not set; noSuchAttribute is
+    // not in the schema at all (slapd ignores it in the request).
+    for attr in ["employeeNumber", "noSuchAttribute"] {
+        let ldap = authenticator(&config(
+            &slapd.url(),
+            &format!("account_attribute = \"{attr}\"\n{GROUP_SEARCH}"),
+        ));
+        assert_eq!(
+            ldap.authenticate("mozart", &pw(PASSWORD)).await.unwrap(),
+            None,
+            "{attr}"
+        );
+        assert_eq!(ldap.lookup("mozart").await.unwrap(), None, "{attr}");
+        let report = ldap
+            .check(Some("mozart"), Some(&pw(PASSWORD)))
+            .await
+            .unwrap();
+        assert!(
+            report.contains(&format!(
+                "account_attribute {attr}: the entry has no value of it: mozart cannot log in"
+            )),
+            "{report}"
+        );
+        assert!(!report.contains(PASSWORD), "{report}");
+    }
+    // Refused before the password was sent anywhere.
+    assert_eq!(slapd.bind_count(MOZART_DN), 0);
+}
+
+#[tokio::test]
+async fn ldap_entry_with_several_account_attribute_values_is_refused() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    // dc=example,dc=com has three objectClass values and one dc value.
+    let mut cfg = config(&slapd.url(), r#"account_attribute = "objectClass""#);
+    cfg.base = "dc=example,dc=com".into();
+    cfg.filter = "(&(dc=${account})(objectClass=dcObject))".into();
+    let ldap = authenticator(&cfg);
+    assert_eq!(ldap.lookup("example").await.unwrap(), None);
+    let report = ldap.check(Some("example"), None).await.unwrap();
+    assert!(
+        report.contains("the entry has 3 values of it, not one"),
+        "{report}"
+    );
+    cfg.account_attribute = "dc".into();
+    let ldap = authenticator(&cfg);
+    let id = ldap.lookup("example").await.unwrap().unwrap();
+    assert_eq!(id.account, "example");
+}

@@ -15,6 +15,15 @@ use crate::authn::cache::LoginCache;
 use crate::secret::Secret;
 
 /// The `[ldap]` section of the configuration file.
+///
+/// The identity's account name (what ACL rules, `${account}` placeholders
+/// and refresh tokens see) is not the name as typed but the value of
+/// `account_attribute` (default `"uid"`) of the one entry the search finds:
+/// LDAP matching is case- and space-insensitive, so `MOZART` and ` mozart `
+/// both find `uid=mozart` and both become `mozart`. An entry without that
+/// attribute, or with several values of it, cannot log in. Choose an
+/// attribute users cannot change themselves, and one the `filter` matches
+/// (refresh tokens look the account up again by that value).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapConfig {
@@ -45,6 +54,10 @@ pub struct LdapConfig {
     /// The search filter; `${account}` is replaced by the escaped account name.
     #[serde(default = "default_filter")]
     pub filter: String,
+    /// The attribute of the account's entry whose (single) value is the
+    /// identity's canonical account name; default `"uid"`.
+    #[serde(default = "default_account_attribute")]
+    pub account_attribute: String,
     /// Label key -> LDAP attribute of the account's entry. DN values are
     /// reduced to the value of their first RDN (`cn=pushers,ou=groups,...` -> `pushers`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -85,6 +98,9 @@ pub struct GroupSearchConfig {
 
 fn default_filter() -> String {
     "(uid=${account})".to_owned()
+}
+fn default_account_attribute() -> String {
+    "uid".to_owned()
 }
 fn default_group_filter() -> String {
     "(member=${dn})".to_owned()
@@ -159,6 +175,8 @@ pub struct ResolvedLdap {
     pub service_account: Option<(String, Secret)>,
     pub base: String,
     pub filter: String,
+    /// The attribute whose value is the canonical account name.
+    pub account_attribute: String,
     pub labels: BTreeMap<String, String>,
     pub group_search: Option<GroupSearchConfig>,
     pub cache_ttl: Duration,
@@ -180,6 +198,7 @@ impl fmt::Debug for ResolvedLdap {
             )
             .field("base", &self.base)
             .field("filter", &self.filter)
+            .field("account_attribute", &self.account_attribute)
             .field("labels", &self.labels)
             .field("group_search", &self.group_search)
             .field("cache_ttl", &self.cache_ttl)
@@ -320,6 +339,7 @@ impl LdapConfig {
             return Err(err("ldap.filter", "must contain ${account}"));
         }
         check_filter("ldap.filter", &self.filter, &["${account}"])?;
+        check_attribute("ldap.account_attribute", &self.account_attribute)?;
         for (label, attr) in &self.labels {
             if label.is_empty() {
                 return Err(err("ldap.labels", "label names must not be empty"));
@@ -369,6 +389,7 @@ impl LdapConfig {
             service_account,
             base: self.base.clone(),
             filter: self.filter.clone(),
+            account_attribute: self.account_attribute.clone(),
             labels: self.labels.clone(),
             group_search: self.group_search.clone(),
             cache_ttl: self.cache_ttl,
@@ -451,6 +472,7 @@ timeout = "5s"
         assert!(!c.start_tls);
         assert!(!c.insecure_skip_verify);
         assert_eq!(c.filter, "(uid=${account})");
+        assert_eq!(c.account_attribute, "uid");
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.cache_ttl, Duration::from_secs(300));
         assert_eq!(c.negative_cache_ttl, Duration::from_secs(10));
@@ -458,6 +480,7 @@ timeout = "5s"
         assert!(c.labels.is_empty());
         let r = c.resolve(repo_root()).unwrap();
         assert!(r.service_account.is_none());
+        assert_eq!(r.account_attribute, "uid");
     }
 
     #[test]
@@ -527,6 +550,12 @@ timeout = "5s"
             "url = 'ldap://a'\nbase = 'dc=x'\ngroup_search = { base = 'ou=g', filter = '(member=x)' }",
         );
         assert_eq!(e.key, "ldap.group_search.filter");
+        for bad in ["", "u id", "uid)(x", "*"] {
+            let e = resolve_err(&format!(
+                "url = 'ldap://a'\nbase = 'dc=x'\naccount_attribute = '{bad}'"
+            ));
+            assert_eq!(e.key, "ldap.account_attribute", "{bad:?}");
+        }
         let e = resolve_err("url = 'ldap://a'\nbase = 'dc=x'\ntimeout = '0s'");
         assert_eq!(e.key, "ldap.timeout");
     }

@@ -2,6 +2,10 @@
 //! then bind as that entry with the given password; labels from the entry's
 //! attributes and from a group search.
 //!
+//! The identity's account name is the entry's `account_attribute` value
+//! (see [`LdapConfig`]), never the name as typed: the directory matches
+//! names case- and space-insensitively, ACL rules match them exactly.
+//!
 //! Connections:
 //! - one shared *service* connection, bound as the service account, carries
 //!   every search (ldap3 multiplexes concurrent operations on it); it is
@@ -132,6 +136,46 @@ fn attr_values<'a>(entry: &'a SearchEntry, attr: &str) -> impl Iterator<Item = &
         .iter()
         .filter(move |(k, _)| k.eq_ignore_ascii_case(attr))
         .flat_map(|(_, v)| v.iter())
+}
+
+/// Why an entry has no canonical account name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NoCanonical {
+    /// The attribute is absent (or has only non-UTF-8 values).
+    Missing,
+    /// The attribute has this many values.
+    Several(usize),
+    /// The one value is empty, too long or has control characters.
+    Unacceptable,
+}
+
+impl std::fmt::Display for NoCanonical {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoCanonical::Missing => f.write_str("the entry has no value of it"),
+            NoCanonical::Several(n) => write!(f, "the entry has {n} values of it, not one"),
+            NoCanonical::Unacceptable => {
+                f.write_str("its value is empty, too long or has control characters")
+            }
+        }
+    }
+}
+
+/// The canonical account name of `entry`: its single value of `attr`.
+fn canonical_account(entry: &SearchEntry, attr: &str) -> Result<String, NoCanonical> {
+    let values: Vec<&String> = attr_values(entry, attr).collect();
+    let binary = entry
+        .bin_attrs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .map(|(_, v)| v.len())
+        .sum::<usize>();
+    match (values.as_slice(), binary) {
+        ([], _) => Err(NoCanonical::Missing),
+        ([one], 0) if acceptable_account(one) => Ok((*one).clone()),
+        ([_], 0) => Err(NoCanonical::Unacceptable),
+        (text, binary) => Err(NoCanonical::Several(text.len() + binary)),
+    }
 }
 
 impl LdapAuthenticator {
@@ -398,6 +442,7 @@ impl LdapAuthenticator {
     async fn find(&self, account: &str) -> Result<Found, AuthnError> {
         let filter = fill_filter(&self.cfg.filter, account, None);
         let mut attrs: Vec<String> = self.cfg.labels.values().cloned().collect();
+        attrs.push(self.cfg.account_attribute.clone());
         attrs.sort();
         attrs.dedup();
         let (mut entries, _) = self.search(&self.cfg.base, &filter, &attrs, 2).await?;
@@ -408,8 +453,10 @@ impl LdapAuthenticator {
         })
     }
 
-    /// The account's entry if exactly one matches; logs why not otherwise.
-    async fn find_one(&self, account: &str) -> Result<Option<SearchEntry>, AuthnError> {
+    /// The account's entry and canonical name if exactly one entry matches
+    /// and it has exactly one value of `account_attribute`; logs why not
+    /// otherwise.
+    async fn find_one(&self, account: &str) -> Result<Option<(SearchEntry, String)>, AuthnError> {
         if !acceptable_account(account) {
             tracing::debug!(
                 "account name refused before asking LDAP (empty, too long or control characters)"
@@ -417,7 +464,17 @@ impl LdapAuthenticator {
             return Ok(None);
         }
         match self.find(account).await? {
-            Found::One(e) => Ok(Some(e)),
+            Found::One(e) => match canonical_account(&e, &self.cfg.account_attribute) {
+                Ok(canonical) => Ok(Some((e, canonical))),
+                Err(why) => {
+                    tracing::warn!(
+                        dn = %e.dn,
+                        account_attribute = %self.cfg.account_attribute,
+                        "LDAP entry has no usable account name ({why}); refusing the login"
+                    );
+                    Ok(None)
+                }
+            },
             Found::Nothing => {
                 tracing::debug!(%account, "no LDAP entry for account");
                 Ok(None)
@@ -473,7 +530,10 @@ impl LdapAuthenticator {
     }
 
     /// Checks `account`'s password. `Ok(None)`: no such account, ambiguous
-    /// account, or wrong/empty password. `Err`: LDAP could not decide.
+    /// account, no usable `account_attribute` value, or wrong/empty
+    /// password. `Err`: LDAP could not decide. The identity's account is
+    /// the canonical name (the entry's `account_attribute` value), which
+    /// may differ from `account` (`MOZART` -> `mozart`).
     pub async fn authenticate(
         &self,
         account: &str,
@@ -484,25 +544,38 @@ impl LdapAuthenticator {
             tracing::debug!("empty password refused before asking LDAP");
             return Ok(None);
         }
-        let Some(entry) = self.find_one(account).await? else {
+        let Some((entry, canonical)) = self.find_one(account).await? else {
             return Ok(None);
         };
         if !self.user_bind(&entry.dn, password).await? {
             tracing::debug!(%account, dn = %entry.dn, "LDAP password rejected");
             return Ok(None);
         }
-        let labels = self.labels(&entry, account).await?;
-        Ok(Some(Self::identity(account, labels)))
+        let labels = self.labels(&entry, &canonical).await?;
+        Ok(Some(Self::identity(&canonical, labels)))
     }
 
-    /// Whether `account` (still) exists, with its current labels; no
-    /// password involved (for refresh tokens).
+    /// Whether the account with the canonical name `account` (as a refresh
+    /// token carries it) still exists, with its current labels; no
+    /// password involved. `Ok(None)` also when the entry found has a
+    /// different canonical name than `account` (another spelling, or the
+    /// name changed in the directory): a token for one name never yields
+    /// an identity with another.
     pub async fn lookup(&self, account: &str) -> Result<Option<Identity>, AuthnError> {
-        let Some(entry) = self.find_one(account).await? else {
+        let Some((entry, canonical)) = self.find_one(account).await? else {
             return Ok(None);
         };
-        let labels = self.labels(&entry, account).await?;
-        Ok(Some(Self::identity(account, labels)))
+        if canonical != account {
+            tracing::warn!(
+                %account,
+                %canonical,
+                dn = %entry.dn,
+                "LDAP entry's account name differs from the one looked up; refusing"
+            );
+            return Ok(None);
+        }
+        let labels = self.labels(&entry, &canonical).await?;
+        Ok(Some(Self::identity(&canonical, labels)))
     }
 
     /// A human-readable report for `ldap-check [ACCOUNT]`: connection and
@@ -596,7 +669,22 @@ impl LdapAuthenticator {
             Found::One(e) => e,
         };
         let _ = writeln!(out, "{account} is {}", entry.dn);
-        let labels = self.labels(&entry, account).await?;
+        let attr = &cfg.account_attribute;
+        let canonical = match canonical_account(&entry, attr) {
+            Ok(c) => c,
+            Err(why) => {
+                let _ = writeln!(
+                    out,
+                    "account_attribute {attr}: {why}: {account} cannot log in"
+                );
+                return Ok(out);
+            }
+        };
+        let _ = writeln!(
+            out,
+            "account name (from {attr}, used by ACL rules): {canonical}"
+        );
+        let labels = self.labels(&entry, &canonical).await?;
         if labels.is_empty() {
             let _ = writeln!(out, "labels: none");
         } else {
@@ -614,7 +702,7 @@ impl LdapAuthenticator {
             }
             Some(p) => {
                 if self.user_bind(&entry.dn, p).await? {
-                    let _ = writeln!(out, "password accepted: {account} would log in");
+                    let _ = writeln!(out, "password accepted: would log in as {canonical}");
                 } else {
                     let _ = writeln!(out, "password rejected: {account} would NOT log in");
                 }
@@ -642,6 +730,63 @@ mod tests {
             ldap_error("x", &LdapError::FilterParsing),
             AuthnError::Backend(_)
         ));
+    }
+
+    fn entry(attrs: &[(&str, &[&str])], bin_attrs: &[(&str, usize)]) -> SearchEntry {
+        SearchEntry {
+            dn: "uid=mozart,ou=musicians,dc=example,dc=com".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            bin_attrs: bin_attrs
+                .iter()
+                .map(|(k, n)| (k.to_string(), vec![vec![0xff_u8]; *n]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn canonical_account_is_the_single_attribute_value() {
+        let e = entry(&[("uid", &["mozart"]), ("mail", &["m@example.com"])], &[]);
+        assert_eq!(canonical_account(&e, "uid").as_deref(), Ok("mozart"));
+        // Attribute names are case-insensitive.
+        assert_eq!(canonical_account(&e, "UID").as_deref(), Ok("mozart"));
+        assert_eq!(
+            canonical_account(&e, "mail").as_deref(),
+            Ok("m@example.com")
+        );
+        // The value is taken as stored, not normalised.
+        let e = entry(&[("uid", &["Mozart"])], &[]);
+        assert_eq!(canonical_account(&e, "uid").as_deref(), Ok("Mozart"));
+    }
+
+    #[test]
+    fn no_canonical_account_without_exactly_one_good_value() {
+        let e = entry(&[("mail", &["m@example.com"])], &[]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Missing));
+        let e = entry(&[("uid", &[])], &[]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Missing));
+        let e = entry(&[("uid", &["mozart", "wolfgang"])], &[]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Several(2)));
+        // Two spellings of the attribute name count together.
+        let e = entry(&[("uid", &["mozart"]), ("UID", &["wolfgang"])], &[]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Several(2)));
+        // Non-UTF-8 values: missing alone, counted next to a text value.
+        let e = entry(&[], &[("uid", 1)]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Missing));
+        let e = entry(&[("uid", &["mozart"])], &[("uid", 1)]);
+        assert_eq!(canonical_account(&e, "uid"), Err(NoCanonical::Several(2)));
+        let long = "a".repeat(MAX_ACCOUNT_LEN + 1);
+        for bad in ["", "moz\nart", long.as_str()] {
+            let e = entry(&[("uid", &[bad])], &[]);
+            assert_eq!(
+                canonical_account(&e, "uid"),
+                Err(NoCanonical::Unacceptable),
+                "{bad:?}"
+            );
+        }
+        assert!(!NoCanonical::Several(2).to_string().is_empty());
     }
 
     #[tokio::test]
