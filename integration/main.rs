@@ -7,3 +7,4 @@ mod harness;
 
 mod core;
 mod ldap_backend;
+mod operations;

@@ -14,6 +14,7 @@ const STATIC_CACHE_TTL: Duration = Duration::from_secs(300);
 const STATIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 use crate::authz::Acl;
 use crate::config::Config;
+use crate::health::ReadinessCache;
 use crate::token::keys::KeyError;
 use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
 use crate::upstream::Upstream;
@@ -29,6 +30,7 @@ pub struct App {
     /// Where the signing key came from, for the startup line.
     pub key_source: String,
     pub key_id: String,
+    pub readiness: ReadinessCache,
 }
 
 /// Why the app could not be built from a valid config (files unreadable).
@@ -84,6 +86,7 @@ impl App {
             upstream,
             key_source,
             key_id: key.kid.clone(),
+            readiness: ReadinessCache::default(),
             config,
         })
     }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod permit;
 pub mod scope;

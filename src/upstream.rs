@@ -135,6 +135,25 @@ impl Upstream {
             .await
     }
 
+    /// Whether the upstream answers `GET /v2/` (200, or 401 from a registry
+    /// with auth of its own) within `timeout`: the readiness check.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let origin = Origin {
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            external_base: self.base.clone(),
+        };
+        match tokio::time::timeout(timeout, self.get("/v2/", &origin)).await {
+            Err(_) => Err("no answer in time".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(r))
+                if r.status().is_success() || r.status() == http::StatusCode::UNAUTHORIZED =>
+            {
+                Ok(())
+            }
+            Ok(Ok(r)) => Err(format!("GET /v2/ answered {}", r.status())),
+        }
+    }
+
     async fn send(
         &self,
         mut req: Request<Body>,

@@ -1,7 +1,7 @@
 //! The HTTP edge: the only place that matches paths and builds responses.
 //!
 //! `handle` routes: `/auth` (the token realm), `/v2/...` (the registry),
-//! `/healthz`. Domain modules (authn, authz, token, access) never import this.
+//! `/healthz`, `/readyz`. Domain modules (authn, authz, token, access) never import this.
 
 pub mod body;
 pub mod catalog;
@@ -67,11 +67,21 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
     if path == "/v2" || path.starts_with("/v2/") {
         return registry::handle(app, req, conn).await;
     }
-    if path == "/healthz" && (req.method() == Method::GET || req.method() == Method::HEAD) {
-        return Ok((
-            errors::json_response(StatusCode::OK, "{\"status\":\"ok\"}".into()),
-            None,
-        ));
+    let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if path == "/healthz" && is_get {
+        // Alive: the process answers. Dependencies are /readyz's business.
+        let body = "{\"status\":\"ok\"}".to_owned();
+        return Ok((errors::json_response(StatusCode::OK, body), None));
+    }
+    if path == "/readyz" && is_get {
+        let r = app.readiness.get(&app.upstream, &app.authn).await;
+        let status = if r.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = serde_json::to_string(&r).unwrap_or_default();
+        return Ok((errors::json_response(status, body), None));
     }
     Err(ApiError::new(ErrorCode::NotFound))
 }

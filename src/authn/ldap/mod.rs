@@ -529,6 +529,14 @@ impl LdapAuthenticator {
         }
     }
 
+    /// Whether the directory answers a search as the service account (for
+    /// `/readyz`): a one-entry search of the base, bounded by the timeout.
+    pub async fn ping(&self) -> Result<(), AuthnError> {
+        self.search(&self.cfg.base, "(objectClass=*)", &[], 1)
+            .await
+            .map(|_| ())
+    }
+
     /// Checks `account`'s password. `Ok(None)`: no such account, ambiguous
     /// account, no usable `account_attribute` value, or wrong/empty
     /// password. `Err`: LDAP could not decide. The identity's account is

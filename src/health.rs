@@ -1,0 +1,71 @@
+//! Readiness: is the upstream reachable, is LDAP reachable (when configured),
+//! is the signing key loaded. Checked at most once per `TTL` however often
+//! probes come (a load balancer may ask several times a second per instance).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::authn::Authenticators;
+use crate::upstream::Upstream;
+
+/// How long one answer is reused.
+const TTL: Duration = Duration::from_secs(2);
+/// How long each dependency may take to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The readiness of each dependency: `"ok"` or what is wrong.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<String>,
+    pub signing_key: String,
+}
+
+/// The last answer and when it was made.
+#[derive(Default)]
+pub struct ReadinessCache {
+    last: Mutex<Option<(Instant, Readiness)>>,
+}
+
+impl ReadinessCache {
+    /// The cached answer, or a fresh one when it is older than `TTL`. The
+    /// lock is held while checking, so concurrent probes share one check.
+    pub async fn get(&self, upstream: &Upstream, authn: &Authenticators) -> Readiness {
+        let mut last = self.last.lock().await;
+        if let Some((at, r)) = &*last
+            && at.elapsed() < TTL
+        {
+            return r.clone();
+        }
+        let r = check(upstream, authn).await;
+        *last = Some((Instant::now(), r.clone()));
+        r
+    }
+}
+
+async fn check(upstream: &Upstream, authn: &Authenticators) -> Readiness {
+    let describe = |r: Result<(), String>| r.map_or_else(|e| e, |()| "ok".to_owned());
+    let (up, ldap) = tokio::join!(upstream.probe(PROBE_TIMEOUT), async {
+        match &authn.ldap {
+            Some((ldap, _)) => Some(
+                tokio::time::timeout(PROBE_TIMEOUT, ldap.ping())
+                    .await
+                    .map_err(|_| "no answer in time".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+            ),
+            None => None,
+        }
+    });
+    let ready = up.is_ok() && ldap.as_ref().is_none_or(Result::is_ok);
+    Readiness {
+        ready,
+        upstream: describe(up),
+        ldap: ldap.map(describe),
+        // The app cannot be built without its key: if we run, it is loaded.
+        signing_key: "ok".into(),
+    }
+}
