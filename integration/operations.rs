@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::harness::gate::example_config;
-use crate::harness::http::client;
+use crate::harness::http::{SERVICE, client, request_token};
+use crate::harness::image::{OciImage, Skopeo};
 use crate::harness::{Gate, Stack, free_port, repo_root};
 
 async fn readyz(gate: &Gate) -> (u16, serde_json::Value) {
@@ -56,8 +58,6 @@ fn yaml_documents(path: &str) -> Vec<Value> {
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
         .collect()
 }
-
-use serde::Deserialize;
 
 #[test]
 fn compose_file_mirrors_the_reference_setup() {
@@ -113,4 +113,72 @@ fn kubernetes_manifest_probes_and_shares_the_key() {
         parsed["token"]["key"].as_str(),
         Some("/etc/registry-gate/key/token-key.pem")
     );
+}
+
+fn audit_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_trail_answers_who_pushed_what() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trail = dir.path().join("audit.jsonl");
+    let registry = crate::harness::Registry::start().await;
+    let env = [(
+        "REGISTRY_GATE_AUDIT__OUTPUT",
+        trail.to_str().expect("utf-8"),
+    )];
+    let gate = Gate::start(&registry.url(), &env).await;
+    let skopeo = Skopeo::new();
+    let image = OciImage::generate();
+    let dest = format!("{}/team/app:1.4", gate.addr);
+
+    let pushed = skopeo.push(&image, &dest, Some(("admin", "badmin"))).await;
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let refused = skopeo.push(&image, &dest, Some(("test", "123"))).await;
+    assert!(!refused.status.success());
+    let wrong = request_token(&gate, Some(("admin", "nope")), SERVICE, &[], &[]).await;
+    assert_eq!(wrong.status(), 401);
+
+    let events = audit_events(&trail);
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| events.iter().find(|e| pred(e)).cloned();
+    let manifest = find(&|e| e["event"] == "upstream_write" && e["action"] == "push_manifest")
+        .unwrap_or_else(|| panic!("no manifest push in {events:#?}"));
+    assert_eq!(manifest["account"], "admin");
+    assert_eq!(manifest["repository"], "team/app");
+    assert_eq!(manifest["reference"], "1.4");
+    assert_eq!(manifest["digest"], image.manifest_digest.as_str());
+    assert_eq!(manifest["outcome"], "ok");
+    assert_eq!(manifest["client"], "127.0.0.1");
+    assert!(find(&|e| e["event"] == "upstream_write" && e["action"] == "push_blob").is_some());
+    let issued = find(&|e| e["event"] == "token_issued" && e["account"] == "admin")
+        .expect("token_issued for admin");
+    assert_eq!(issued["backend"], "static");
+    assert!(
+        issued["granted"]
+            .to_string()
+            .contains("repository:team/app:"),
+        "{issued}"
+    );
+    let denied = find(&|e| e["event"] == "request_denied" && e["account"] == "test")
+        .unwrap_or_else(|| panic!("no denial for test in {events:#?}"));
+    assert_eq!(denied["repository"], "team/app");
+    assert_eq!(denied["reason"], "insufficient_scope");
+    assert!(denied["missing"].to_string().contains("push"), "{denied}");
+    let failed = find(&|e| e["event"] == "login_failed").expect("login_failed");
+    assert_eq!(failed["account"], "admin");
+    assert_eq!(failed["reason"], "bad_credentials");
+    // Never a secret in the trail.
+    let text = std::fs::read_to_string(&trail).expect("trail");
+    for secret in ["badmin", "\"123\"", "nope", "eyJ"] {
+        assert!(!text.contains(secret), "audit trail leaks {secret:?}");
+    }
 }

@@ -12,6 +12,7 @@ const STATIC_CACHE_TTL: Duration = Duration::from_secs(300);
 /// How long a wrong static password is remembered: short, so a typo costs
 /// little, but long enough that a guessing loop does not cost a bcrypt each.
 const STATIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+use crate::audit::Audit;
 use crate::authz::Acl;
 use crate::config::Config;
 use crate::health::ReadinessCache;
@@ -31,6 +32,7 @@ pub struct App {
     pub key_source: String,
     pub key_id: String,
     pub readiness: ReadinessCache,
+    pub audit: Audit,
 }
 
 /// Why the app could not be built from a valid config (files unreadable).
@@ -45,6 +47,11 @@ pub enum BuildError {
     Key { path: String, source: KeyError },
     #[error("token: cannot make an ephemeral key: {0}")]
     Ephemeral(KeyError),
+    #[error("audit.output: cannot open {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl App {
@@ -87,6 +94,10 @@ impl App {
             key_source,
             key_id: key.kid.clone(),
             readiness: ReadinessCache::default(),
+            audit: Audit::open(&config.raw.audit.output).map_err(|source| BuildError::Audit {
+                path: config.raw.audit.output.clone(),
+                source,
+            })?,
             config,
         })
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
-pub use raw::{RawConfig, RawServer, RawTls, RawToken, RawUpstream, RawUser};
+pub use raw::{RawAudit, RawConfig, RawLog, RawServer, RawTls, RawToken, RawUpstream, RawUser};
 pub use resolve::{Config, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig};
 
 /// The config file used when none is named.

@@ -29,6 +29,42 @@ pub struct RawConfig {
     pub acl: Vec<RawRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapConfig>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[audit]`: where the audit trail goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `"stdout"` (default), `"off"`, or a file path (JSON lines, appended).
+    pub output: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            output: "stdout".into(),
+        }
+    }
+}
+
+/// `[log]`: the console log (stderr).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"`; `--log-format` overrides it.
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

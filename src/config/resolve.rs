@@ -95,6 +95,18 @@ impl Config {
             .transpose();
         let upstream = base_url("upstream.url", &raw.upstream.url, &["http"]);
         check(token_checks(&raw));
+        if !matches!(raw.log.format.as_str(), "text" | "json") {
+            check(Err(ConfigError::new(
+                "log.format",
+                "must be \"text\" or \"json\"",
+            )));
+        }
+        if raw.audit.output.trim().is_empty() {
+            check(Err(ConfigError::new(
+                "audit.output",
+                "must be \"stdout\", \"off\" or a file path",
+            )));
+        }
         let mut users = BTreeMap::new();
         for (name, user) in &raw.users {
             let key = format!("users.{name}");

@@ -16,6 +16,7 @@ use super::body::Body;
 use super::errors::{ApiError, ErrorCode, json_response};
 use super::{Conn, Routed};
 use crate::app::App;
+use crate::audit::Event;
 use crate::authn::{AuthnError, Identity};
 use crate::authz::Subject;
 use crate::scope::{self, Scope};
@@ -70,7 +71,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
             format!("unknown service {service:?}"),
         ));
     }
-    let (identity, refresh) = authenticate(app, &tr).await?;
+    let (identity, refresh) = authenticate(app, &tr, conn).await?;
     let subject = Subject {
         account: &identity.account,
         labels: &identity.labels,
@@ -88,7 +89,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         )),
         None => None,
     };
-    log_grant(&identity, &tr.scopes, &granted, conn);
+    let list = |s: &[Scope]| s.iter().map(Scope::to_string).collect();
+    app.audit.record(Event::TokenIssued {
+        account: identity.account.clone(),
+        backend: identity.backend.as_str(),
+        client: conn.peer.ip(),
+        requested: list(&tr.scopes),
+        granted: list(&granted),
+    });
     let body = serde_json::to_string(&TokenResponse {
         token: &issued.token,
         access_token: &issued.token,
@@ -110,7 +118,16 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
 async fn authenticate(
     app: &App,
     tr: &TokenRequest,
+    conn: Conn,
 ) -> Result<(Identity, Option<Secret>), ApiError> {
+    let failed = |account: &str, reason: &'static str| {
+        app.audit.record(Event::LoginFailed {
+            account: account.to_owned(),
+            client: conn.peer.ip(),
+            reason,
+        });
+        bad_credentials()
+    };
     match &tr.credentials {
         Credentials::Anonymous => Ok((Identity::anonymous(), None)),
         Credentials::Password { account, password } => {
@@ -122,22 +139,19 @@ async fn authenticate(
             }
             match app.authn.authenticate(account, password).await {
                 Ok(Some(identity)) => Ok((identity, None)),
-                Ok(None) => {
-                    tracing::warn!(target: "audit", account = %account, "login failed: bad credentials");
-                    Err(bad_credentials())
-                }
+                Ok(None) => Err(failed(account, "bad_credentials")),
                 Err(e) => Err(unavailable(e)),
             }
         }
         Credentials::Refresh(token) => {
             let claims = app.verifier.verify_refresh(token.expose()).map_err(|e| {
-                tracing::warn!(target: "audit", reason = %e, "refresh token refused");
-                bad_credentials()
+                tracing::debug!(reason = %e, "refresh token refused");
+                failed("", "bad_refresh_token")
             })?;
             // The account must still exist: removing a user ends their logins.
             match app.authn.lookup(&claims.sub, &claims.backend).await {
                 Ok(Some(identity)) => Ok((identity, Some(token.clone()))),
-                Ok(None) => Err(bad_credentials()),
+                Ok(None) => Err(failed(&claims.sub, "account_gone")),
                 Err(e) => Err(unavailable(e)),
             }
         }
@@ -264,19 +278,6 @@ fn unavailable(e: AuthnError) -> ApiError {
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "token issuing failed");
     ApiError::new(ErrorCode::Internal)
-}
-
-fn log_grant(identity: &Identity, asked: &[Scope], granted: &[Scope], conn: Conn) {
-    let list = |s: &[Scope]| s.iter().map(Scope::to_string).collect::<Vec<_>>().join(" ");
-    tracing::info!(
-        target: "audit",
-        event = "token_issued",
-        account = %identity.account,
-        backend = identity.backend.as_str(),
-        client = %conn.peer.ip(),
-        requested = %list(asked),
-        granted = %list(granted),
-    );
 }
 
 #[cfg(test)]

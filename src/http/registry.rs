@@ -2,7 +2,7 @@
 //! classify -> verify the Bearer token -> check -> Permit -> forward.
 //! Anything that does not classify is refused here and never forwarded.
 
-use http::{HeaderMap, Request, header};
+use http::{HeaderMap, Method, Request, header};
 use hyper::body::Incoming;
 
 use super::challenge::{Challenge, ChallengeError};
@@ -10,6 +10,7 @@ use super::errors::{ApiError, ErrorCode};
 use super::{Conn, Routed, catalog, external_base};
 use crate::access::{self, ClassifyError, Endpoint};
 use crate::app::App;
+use crate::audit::Event;
 use crate::permit::Permit;
 use crate::scope::Scope;
 use crate::upstream::{Origin, UpstreamError};
@@ -43,33 +44,85 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let Some(token) = bearer(req.headers()) else {
         return Err(challenge(&required.scopes, None));
     };
+    let denied = |account: &str, missing: &[Scope], reason: &'static str| {
+        app.audit.record(Event::RequestDenied {
+            account: account.to_owned(),
+            client: conn.peer.ip(),
+            method: req.method().to_string(),
+            repository: required.name.clone(),
+            missing: missing.iter().map(Scope::to_string).collect(),
+            reason,
+        });
+    };
     let claims = app.verifier.verify_access(token).map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
+        denied("", &required.scopes, "invalid_token");
         challenge(&required.scopes, Some(ChallengeError::InvalidToken))
     })?;
     let account = Some(claims.sub.clone()).filter(|a| !a.is_empty());
     let permit = Permit::check(claims, required.clone()).map_err(|insufficient| {
-        tracing::info!(
-            target: "audit",
-            event = "request_denied",
-            account = account.as_deref().unwrap_or(""),
-            missing = %insufficient.missing.iter().map(Scope::to_string).collect::<Vec<_>>().join(" "),
-        );
+        let who = account.as_deref().unwrap_or("");
+        denied(who, &insufficient.missing, "insufficient_scope");
         challenge(&required.scopes, Some(ChallengeError::InsufficientScope))
     })?;
     let origin = Origin {
         client_ip: conn.peer.ip(),
         external_base: base,
     };
-    let resp = if permit.required().endpoint == Endpoint::Catalog {
-        catalog::serve(app, &permit, req.uri().query(), &origin, conn).await?
-    } else {
-        app.upstream
-            .forward(&permit, req, &origin)
-            .await
-            .map_err(upstream_error)?
-    };
-    Ok((resp, account))
+    if permit.required().endpoint == Endpoint::Catalog {
+        let resp = catalog::serve(app, &permit, req.uri().query(), &origin, conn).await?;
+        return Ok((resp, account));
+    }
+    let write = write_action(&permit, req.method(), req.uri().query());
+    let reference = reference(req.uri().path());
+    let result = app.upstream.forward(&permit, req, &origin).await;
+    if let Some(action) = write {
+        let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+        app.audit.record(Event::UpstreamWrite {
+            account: permit.account().to_owned(),
+            client: conn.peer.ip(),
+            action,
+            repository: permit.required().name.clone().unwrap_or_default(),
+            reference,
+            digest: result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.headers().get("docker-content-digest"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            status,
+            outcome: if (200..300).contains(&status) {
+                "ok"
+            } else {
+                "failed"
+            },
+        });
+    }
+    Ok((result.map_err(upstream_error)?, account))
+}
+
+/// The audited kind of a request that changes the upstream, if it is one.
+/// Chunk uploads (PATCH) and upload starts are steps, not outcomes: the
+/// closing PUT is what the trail records.
+fn write_action(permit: &Permit, method: &Method, query: Option<&str>) -> Option<&'static str> {
+    let has =
+        |key: &str| form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == key);
+    match (permit.required().endpoint, method.as_str()) {
+        (Endpoint::Manifest, "PUT") => Some("push_manifest"),
+        (Endpoint::Manifest, "DELETE") => Some("delete_manifest"),
+        (Endpoint::Blob, "DELETE") => Some("delete_blob"),
+        (Endpoint::Upload, "PUT") => Some("push_blob"),
+        (Endpoint::UploadStart, "POST") if has("mount") => Some("mount_blob"),
+        (Endpoint::UploadStart, "POST") if has("digest") => Some("push_blob"),
+        _ => None,
+    }
+}
+
+/// The tag or digest after `/manifests/` or `/blobs/` (already validated).
+fn reference(path: &str) -> Option<String> {
+    let mut segments = path.rsplit('/');
+    let last = segments.next()?;
+    matches!(segments.next()?, "manifests" | "blobs").then(|| last.to_owned())
 }
 
 /// The token of `Authorization: Bearer <token>`, if that is what was sent.

@@ -1,0 +1,185 @@
+//! The audit trail: one JSON line per decision, so an operator can answer
+//! "who pushed `team/app:1.4`, and when" with `grep` and `jq`.
+//!
+//! Events: `token_issued`, `login_failed`, `request_denied`, and
+//! `upstream_write` for every push, delete, mount and tag change that reached
+//! the upstream, with its outcome. Never a password or a token.
+//! Depends on nothing of the HTTP layer; the handlers call [`Audit::record`].
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// Where events go: `output = "stdout"` (the default: logs go to stderr, so
+/// stdout carries only audit lines), `"off"`, or a file path (appended to).
+pub enum Sink {
+    Off,
+    Stdout,
+    File(Mutex<std::fs::File>),
+}
+
+/// One audited decision.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    TokenIssued {
+        account: String,
+        backend: &'static str,
+        client: IpAddr,
+        requested: Vec<String>,
+        granted: Vec<String>,
+    },
+    LoginFailed {
+        account: String,
+        client: IpAddr,
+        reason: &'static str,
+    },
+    RequestDenied {
+        account: String,
+        client: IpAddr,
+        method: String,
+        repository: Option<String>,
+        /// The scopes the token lacked (`repository:team/app:push`...).
+        missing: Vec<String>,
+        reason: &'static str,
+    },
+    UpstreamWrite {
+        account: String,
+        client: IpAddr,
+        /// `push_manifest`, `push_blob`, `mount_blob`, `delete_manifest`, `delete_blob`.
+        action: &'static str,
+        repository: String,
+        /// The tag or digest from the path, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// `Docker-Content-Digest` of the upstream's answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        status: u16,
+        outcome: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The audit trail of one gate.
+pub struct Audit {
+    sink: Sink,
+}
+
+impl Audit {
+    pub fn new(sink: Sink) -> Self {
+        Audit { sink }
+    }
+
+    /// Opens the sink named by the `[audit] output` setting.
+    pub fn open(output: &str) -> std::io::Result<Audit> {
+        let sink = match output {
+            "off" => Sink::Off,
+            "stdout" => Sink::Stdout,
+            path => Sink::File(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(Path::new(path))?,
+            )),
+        };
+        Ok(Audit { sink })
+    }
+
+    /// Writes one event as one line. A write failure is logged, never fatal:
+    /// the gate keeps serving even when the audit disk is full.
+    pub fn record(&self, event: Event) {
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event: &event,
+        };
+        let mut text = match serde_json::to_string(&line) {
+            Ok(t) => t,
+            Err(e) => return tracing::error!(error = %e, "audit event not serializable"),
+        };
+        text.push('\n');
+        let written = match &self.sink {
+            Sink::Off => Ok(()),
+            Sink::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            // One write_all of a whole line under the lock: lines never interleave.
+            Sink::File(f) => match f.lock() {
+                Ok(mut f) => f.write_all(text.as_bytes()),
+                Err(_) => Err(std::io::Error::other("audit file lock poisoned")),
+            },
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot write the audit trail");
+        }
+    }
+}
+
+/// The file an `output` setting names, if it names one.
+pub fn output_path(output: &str) -> Option<PathBuf> {
+    (!matches!(output, "off" | "stdout")).then(|| PathBuf::from(output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_json_line_per_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(path.to_str().unwrap()).unwrap();
+        audit.record(Event::LoginFailed {
+            account: "mallory".into(),
+            client: "10.0.0.1".parse().unwrap(),
+            reason: "bad_credentials",
+        });
+        audit.record(Event::UpstreamWrite {
+            account: "admin".into(),
+            client: "10.0.0.2".parse().unwrap(),
+            action: "push_manifest",
+            repository: "team/app".into(),
+            reference: Some("1.4".into()),
+            digest: Some("sha256:abc".into()),
+            status: 201,
+            outcome: "ok",
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "login_failed");
+        assert_eq!(lines[0]["account"], "mallory");
+        assert!(lines[0]["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(lines[1]["event"], "upstream_write");
+        assert_eq!(lines[1]["reference"], "1.4");
+        assert_eq!(lines[1]["status"], 201);
+    }
+
+    #[test]
+    fn off_writes_nothing_and_paths_are_recognised() {
+        Audit::open("off").unwrap().record(Event::LoginFailed {
+            account: "a".into(),
+            client: "::1".parse().unwrap(),
+            reason: "bad_credentials",
+        });
+        assert_eq!(output_path("stdout"), None);
+        assert_eq!(
+            output_path("/var/log/gate.jsonl"),
+            Some(PathBuf::from("/var/log/gate.jsonl"))
+        );
+    }
+}
