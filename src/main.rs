@@ -21,9 +21,9 @@ struct Cli {
     /// The config file (also: REGISTRY_GATE_CONFIG); default config/registry-gate.toml.
     #[arg(long, global = true, env = "REGISTRY_GATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text")]
-    log_format: String,
+    /// Log format: text or json (default: `[log] format`, else text).
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,11 +58,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    let (path, explicit) = match &cli.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(config::DEFAULT_PATH), false),
-    };
+    let (path, explicit) = path_of(&cli);
+    // `[log] format` is in the config, so peek at it before logging starts;
+    // a config that does not load is reported later, as plain lines.
+    let log_format = cli.log_format.clone().or_else(|| {
+        config::load_raw(&path, explicit)
+            .ok()
+            .map(|raw| raw.log.format)
+    });
+    init_logging(log_format.as_deref().unwrap_or("text"));
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(path, explicit),
         Command::HashPassword { cost } => hash_password(cost),
@@ -72,6 +76,13 @@ fn main() -> ExitCode {
             account,
             password_stdin,
         } => ldap_check(path, explicit, account, password_stdin),
+    }
+}
+
+fn path_of(cli: &Cli) -> (PathBuf, bool) {
+    match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
     }
 }
 
