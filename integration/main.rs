@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod catalog;
 mod core;
 mod ldap_backend;
 mod operations;
