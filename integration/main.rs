@@ -5,5 +5,6 @@
 
 mod harness;
 
+mod clients;
 mod core;
 mod ldap_backend;
