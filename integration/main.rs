@@ -6,6 +6,7 @@
 mod harness;
 
 mod catalog;
+mod clients;
 mod core;
 mod ldap_backend;
 mod operations;

@@ -3,6 +3,9 @@
 # (Debian packages) if missing, then runs every test target.
 # slapd's package may start a system slapd on port 389: the tests never use
 # it (they start their own servers on ports chosen at run time).
+# Also the clients docker, podman, skopeo and containerd (Debian's
+# docker.io, podman, skopeo, containerd): the client tests run them as root
+# (dockerd and containerd need it), each with private state in a temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +17,29 @@ have docker-registry || missing+=(docker-registry)
 have skopeo || missing+=(skopeo)
 have slapd || missing+=(slapd)
 have ldapadd || missing+=(ldap-utils)
+# The real clients of integration/clients.rs: a private dockerd (docker.io),
+# podman, containerd and its ctr. The CLI must be the package's own
+# /usr/bin/docker (a docker elsewhere on PATH is not the engine's).
+[ -x /usr/bin/docker ] && have dockerd || missing+=(docker.io)
+have podman || missing+=(podman)
+{ have containerd && have ctr; } || missing+=(containerd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "Installing: ${missing[*]}"
+    # docker.io and containerd would start system services on install; the
+    # tests never use them (they start their own daemons, stopped by PID).
+    # Where no policy-rc.d exists, deny service starts for this install only.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        added_policy=1
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    status=0
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" || status=$?
+    [ -n "$added_policy" ] && as_root rm -f "$policy"
+    [ "$status" -eq 0 ] || exit "$status"
 fi
 
 cargo test --all-targets

@@ -24,6 +24,8 @@ pub struct Gate {
     daemon: Daemon,
     pub addr: SocketAddr,
     dir: TempDir,
+    /// "https" when started with `REGISTRY_GATE_SERVER__TLS__*`, else "http".
+    scheme: &'static str,
 }
 
 impl Gate {
@@ -46,6 +48,14 @@ impl Gate {
             .expect("temp dir");
         let config_path = dir.path().join("registry-gate.toml");
         std::fs::write(&config_path, config).expect("write gate config");
+        let scheme = if extra_env
+            .iter()
+            .any(|(k, _)| k.starts_with("REGISTRY_GATE_SERVER__TLS"))
+        {
+            "https"
+        } else {
+            "http"
+        };
         let mut last_error = String::new();
         for _ in 0..3 {
             let addr = loopback(free_port());
@@ -60,10 +70,20 @@ impl Gate {
                 .envs(extra_env.iter().copied());
             let mut daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
             match daemon
-                .wait_ready(&format!("http://{addr}/healthz"), Duration::from_secs(15))
+                .wait_ready(
+                    &format!("{scheme}://{addr}/healthz"),
+                    Duration::from_secs(15),
+                )
                 .await
             {
-                Ok(()) => return Gate { daemon, addr, dir },
+                Ok(()) => {
+                    return Gate {
+                        daemon,
+                        addr,
+                        dir,
+                        scheme,
+                    };
+                }
                 // An exit may be a lost race for the port: try another one.
                 Err(e) if daemon.exited().is_some() => {
                     last_error = format!("{e}\n----- gate log -----\n{}", daemon.log())
@@ -75,7 +95,7 @@ impl Gate {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn pid(&self) -> u32 {

@@ -23,6 +23,18 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// Like [`client`], trusting any server certificate (a test gate's
+/// self-signed one).
+pub fn client_accepting_any_certificate() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("reqwest client")
+}
+
 /// `GET /auth?service=..&scope=..` (scope repeated), Basic auth if given.
 pub async fn request_token(
     gate: &Gate,
@@ -208,16 +220,54 @@ pub async fn raw_request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
+    raw_send(addr, method, target, headers, RawBody::Empty).await
+}
+
+/// A request body for [`raw_send`], framed as given.
+pub enum RawBody<'a> {
+    /// `Content-Length: 0`.
+    Empty,
+    /// `Content-Length: N` and the bytes.
+    Fixed(&'a [u8]),
+    /// `Transfer-Encoding: chunked`, one chunk per slice.
+    Chunked(&'a [&'a [u8]]),
+}
+
+/// Like [`raw_request`], with a body framed exactly as `body` says.
+pub async fn raw_send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: RawBody<'_>,
+) -> RawResponse {
+    let framing = match &body {
+        RawBody::Empty => "Content-Length: 0\r\n".to_string(),
+        RawBody::Fixed(data) => format!("Content-Length: {}\r\n", data.len()),
+        RawBody::Chunked(_) => "Transfer-Encoding: chunked\r\n".to_string(),
+    };
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{framing}");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    match body {
+        RawBody::Empty => {}
+        RawBody::Fixed(data) => request.extend_from_slice(data),
+        RawBody::Chunked(chunks) => {
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                request.extend_from_slice(chunk);
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(&request).await?;
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)

@@ -11,7 +11,7 @@ use rand::RngCore as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -94,6 +94,28 @@ impl OciImage {
     pub fn reference(&self) -> String {
         format!("oci:{}:{TAG}", self.dir.path().display())
     }
+
+    /// The layout as an OCI image tar (what `ctr images import` and
+    /// `docker load` read), written beside the layout; its path.
+    pub fn archive(&self) -> PathBuf {
+        let read =
+            |name: &str| std::fs::read(self.dir.path().join(name)).expect("read layout file");
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            ("oci-layout".into(), read("oci-layout")),
+            ("index.json".into(), read("index.json")),
+        ];
+        for data in self.blobs.iter().map(|(_, d)| d).chain([&self.manifest]) {
+            let name = format!("blobs/sha256/{}", &sha256_digest(data)["sha256:".len()..]);
+            files.push((name, data.clone()));
+        }
+        let entries: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let path = self.dir.path().join("image.tar");
+        std::fs::write(&path, tar_files(&entries)).expect("write image tar");
+        path
+    }
 }
 
 /// An OCI layout that skopeo wrote (a pull).
@@ -120,24 +142,36 @@ pub fn layout_digest(dir: &Path) -> String {
 
 /// A one-file ustar archive: header, content padded to 512, two zero blocks.
 pub fn tar_one_file(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    let mut put =
-        |offset: usize, field: &[u8]| header[offset..offset + field.len()].copy_from_slice(field);
-    put(0, name.as_bytes());
-    put(100, b"0000644\0");
-    put(108, b"0000000\0");
-    put(116, b"0000000\0");
-    put(124, format!("{:011o}\0", content.len()).as_bytes());
-    put(136, b"07032474600\0"); // mtime: 2000-01-01
-    put(156, b"0");
-    put(257, b"ustar\0");
-    put(263, b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let checksum: u32 = header.iter().map(|b| u32::from(*b)).sum();
-    header[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
-    let mut tar = header.to_vec();
-    tar.extend_from_slice(content);
-    tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+    tar_files(&[(name, content)])
+}
+
+/// A ustar archive of regular files (names up to 100 bytes; parent
+/// directories implied), each padded to 512, then two zero blocks.
+pub fn tar_files(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (name, content) in files {
+        assert!(name.len() < 100, "tar name too long: {name}");
+        let mut header = [0u8; 512];
+        let mut put = |offset: usize, field: &[u8]| {
+            header[offset..offset + field.len()].copy_from_slice(field)
+        };
+        put(0, name.as_bytes());
+        put(100, b"0000644\0");
+        put(108, b"0000000\0");
+        put(116, b"0000000\0");
+        put(124, format!("{:011o}\0", content.len()).as_bytes());
+        put(136, b"07032474600\0"); // mtime: 2000-01-01
+        put(156, b"0");
+        put(257, b"ustar\0");
+        put(263, b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let checksum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
+        tar.extend_from_slice(&header);
+        tar.extend_from_slice(content);
+        tar.resize(tar.len().next_multiple_of(512), 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
     tar
 }
 
@@ -260,22 +294,28 @@ impl Skopeo {
 
     /// Runs `skopeo --policy P <args>`; the Output, whatever the exit code.
     pub async fn run(&self, args: &[String]) -> Output {
+        self.run_with_input(args, None).await
+    }
+
+    /// Like [`Self::run`], with `stdin` fed to skopeo (`--password-stdin`).
+    pub async fn run_with_input(&self, args: &[String], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new("skopeo");
         scrub_env(&mut cmd);
         cmd.env("HOME", self.home())
             .env("XDG_RUNTIME_DIR", self.home().join("run"))
             .env("XDG_CONFIG_HOME", self.home().join("config"))
-            .env("REGISTRY_AUTH_FILE", self.home().join("auth.json"))
+            .env("REGISTRY_AUTH_FILE", self.auth_file())
+            .env("DOCKER_CONFIG", self.home().join("docker-config"))
             .env("TMPDIR", self.home())
             .arg("--policy")
             .arg(self.home().join("policy.json"))
             .args(args);
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.stdin(Stdio::null()).kill_on_drop(true);
-        tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("skopeo {args:?} did not finish within 120 s"))
-            .expect("run skopeo")
+        super::run_tool(cmd, stdin, Duration::from_secs(120)).await
+    }
+
+    /// Where `skopeo login` keeps credentials (`REGISTRY_AUTH_FILE`).
+    pub fn auth_file(&self) -> PathBuf {
+        self.home().join("auth.json")
     }
 
     /// `skopeo copy oci:DIR:TAG docker://DEST` (DEST = host:port/repo:tag).

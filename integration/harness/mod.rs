@@ -6,9 +6,12 @@
 // Shared by several test modules; not every helper is used by every module.
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod docker;
 pub mod gate;
 pub mod http;
 pub mod image;
+pub mod podman;
 pub mod registry;
 pub mod slapd;
 
@@ -89,10 +92,38 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Asks the process to stop (SIGTERM to its PID), waits up to `grace`
+    /// for it to exit, then kills it. For daemons that must clean up after
+    /// themselves (dockerd unmounts and stops its containerd on SIGTERM).
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.pid()) {
+            // SAFETY: kill(2) on the PID of our own unreaped child: the PID
+            // cannot have been reused by another process yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Polls `url` until it answers 200. Err (with the reason) if the process
     /// exits first or `timeout` passes.
     pub async fn wait_ready(&mut self, url: &str, timeout: Duration) -> Result<(), String> {
-        let client = http::client();
+        // A gate serving TLS in tests has a self-signed certificate.
+        let client = if url.starts_with("https://") {
+            http::client_accepting_any_certificate()
+        } else {
+            http::client()
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited() {
@@ -136,6 +167,72 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs a client tool once with `stdin` as its input (none: closed) and
+/// returns its Output whatever the exit code; kills it after `timeout`.
+pub async fn run_tool(
+    cmd: Command,
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let what = format!("{cmd:?}");
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let run = async {
+        let mut child = cmd.spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A tool that does not read its input may close it first.
+            let _ = pipe.write_all(input.as_bytes()).await;
+        }
+        child.wait_with_output().await
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("run {what}: {e}"))
+}
+
+/// stdout and stderr of a finished tool, for assertions and messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Unmounts (lazily) whatever is still mounted under `dir`, deepest first:
+/// a daemon killed before it cleaned up may leave its bind mounts behind,
+/// and a temp dir with a mount in it cannot be removed. Only ever called
+/// with a temp dir of our own.
+pub fn unmount_under(dir: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A fresh upstream registry and a gate in front of it.
 /// Field order matters: the gate is dropped (stopped) before the registry.
 pub struct Stack {
@@ -157,9 +254,15 @@ impl Stack {
     /// come from the environment overrides. A config with an `[ldap]` section
     /// gets its own slapd, loaded with the example directory.
     pub async fn with_config(config: &str) -> Self {
+        Self::with_config_env(config, &[]).await
+    }
+
+    /// Like [`Self::with_config`], with more `REGISTRY_GATE_*` overrides for
+    /// the gate (`REGISTRY_GATE_SERVER__TLS__CERT`/`__KEY` make it serve TLS).
+    pub async fn with_config_env(config: &str, extra_env: &[(&str, &str)]) -> Self {
         let registry = Registry::start().await;
         if !config.contains("\n[ldap]") {
-            let gate = Gate::start_with_config(config, &registry.url(), &[]).await;
+            let gate = Gate::start_with_config(config, &registry.url(), extra_env).await;
             return Stack {
                 gate,
                 registry,
@@ -168,7 +271,8 @@ impl Stack {
         }
         let slapd = slapd::Slapd::start(slapd::SlapdOptions::default()).await;
         let url = slapd.url();
-        let env = [("REGISTRY_GATE_LDAP__URL", url.as_str())];
+        let mut env = vec![("REGISTRY_GATE_LDAP__URL", url.as_str())];
+        env.extend_from_slice(extra_env);
         let gate = Gate::start_with_config(config, &registry.url(), &env).await;
         Stack {
             gate,
