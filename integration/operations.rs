@@ -182,3 +182,27 @@ async fn audit_trail_answers_who_pushed_what() {
         assert!(!text.contains(secret), "audit trail leaks {secret:?}");
     }
 }
+
+#[tokio::test]
+async fn log_settings_from_the_environment_are_not_config_errors() {
+    // REGISTRY_GATE_LOG is the log filter, not a config key; the [log]
+    // section still takes REGISTRY_GATE_LOG__FORMAT.
+    let config = crate::harness::gate::example_config_path();
+    let args = ["check-config", "--config", config.to_str().expect("utf-8")];
+    let env = [
+        ("REGISTRY_GATE_LOG", "debug"),
+        ("REGISTRY_GATE_LOG__FORMAT", "json"),
+    ];
+    let out = crate::harness::gate::cli(&args, &env, "", &repo_root()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("format = \"json\""), "{stdout}");
+    let bad = [("REGISTRY_GATE_LOG__FORMAT", "xml")];
+    let out = crate::harness::gate::cli(&args, &bad, "", &repo_root()).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.format"));
+}

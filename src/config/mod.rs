@@ -85,7 +85,11 @@ pub fn load_raw(path: &Path, explicit: bool) -> Result<RawConfig, ConfigErrors> 
         .merge(Toml::file(path))
         .merge(Toml::file(local_path(path)))
         // REGISTRY_GATE_CONFIG names the file itself; it is not a key.
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config", "log"]).split("__"))
+        .merge(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(&["config", "log"])
+                .split("__"),
+        )
         .extract::<RawConfig>()
         .map_err(figment_errors)
 }
