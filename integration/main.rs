@@ -8,5 +8,6 @@ mod harness;
 mod catalog;
 mod clients;
 mod core;
+mod ldap;
 mod ldap_backend;
 mod operations;

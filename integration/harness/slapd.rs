@@ -370,6 +370,28 @@ impl Slapd {
             .count()
     }
 
+    /// Sets the `userPassword` of `dn` (as the rootdn, in clear text: slapd
+    /// compares clear-text values as they are). Panics if slapd refuses.
+    pub async fn set_password(&self, dn: &str, password: &str) {
+        let settings = ldap3::LdapConnSettings::new().set_conn_timeout(Duration::from_secs(5));
+        let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, &self.url())
+            .await
+            .expect("connect to slapd");
+        tokio::spawn(async move {
+            let _ = conn.drive().await;
+        });
+        ldap.simple_bind(ROOT_DN, ROOT_PW)
+            .await
+            .and_then(|r| r.success())
+            .expect("bind as the rootdn");
+        let values = std::collections::HashSet::from([password]);
+        ldap.modify(dn, vec![ldap3::Mod::Replace("userPassword", values)])
+            .await
+            .and_then(|r| r.success())
+            .unwrap_or_else(|e| panic!("set the password of {dn}: {e}"));
+        let _ = ldap.unbind().await;
+    }
+
     /// The temp dir (config, data, TLS files, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -81,18 +81,30 @@ pub fn load_raw(path: &Path, explicit: bool) -> Result<RawConfig, ConfigErrors> 
         )
         .into());
     }
-    Figment::from(Serialized::defaults(RawConfig::default()))
+    // REGISTRY_GATE_CONFIG names the file itself and REGISTRY_GATE_LOG the
+    // log filter; they are not keys.
+    let env = Env::prefixed(ENV_PREFIX)
+        .ignore(&["config", "log"])
+        .split("__");
+    let verbatim = |key: &str| {
+        VERBATIM_ENV_KEYS
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(key))
+    };
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Toml::file(path))
         .merge(Toml::file(local_path(path)))
-        // REGISTRY_GATE_CONFIG names the file itself; it is not a key.
-        .merge(
-            Env::prefixed(ENV_PREFIX)
-                .ignore(&["config", "log"])
-                .split("__"),
-        )
-        .extract::<RawConfig>()
-        .map_err(figment_errors)
+        .merge(env.clone().filter(move |key| !verbatim(key.as_str())));
+    for (key, value) in env.iter().filter(|(key, _)| verbatim(key.as_str())) {
+        figment = figment.merge(Serialized::default(key.as_str(), value));
+    }
+    figment.extract::<RawConfig>().map_err(figment_errors)
 }
+
+/// Environment overrides taken exactly as written. figment reads other
+/// values TOML-like (`0123` becomes the number 123, `"x"` becomes x), which
+/// would silently change a password.
+const VERBATIM_ENV_KEYS: &[&str] = &["ldap.bind_password"];
 
 /// Loads and resolves the configuration.
 pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigErrors> {
