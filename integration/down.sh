@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops what integration/up.sh started, by the PID files in
-# $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev). Storage is kept.
+# $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev). Storage and the
+# LDAP directory are kept.
 set -euo pipefail
 
 STATE=${REGISTRY_GATE_STATE:-/tmp/registry-gate-dev}
@@ -27,4 +28,5 @@ stop() { # PIDFILE PROGRAM
 }
 
 stop "$STATE/gate.pid" registry-gate
+stop "$STATE/slapd.pid" slapd
 stop "$STATE/registry.pid" docker-registry

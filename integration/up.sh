@@ -2,24 +2,36 @@
 # Development setup on one machine, for trying the gate by hand:
 #   - Debian's docker-registry (distribution), open, on 127.0.0.1:5001,
 #     storage under $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev);
+#   - a throwaway OpenLDAP slapd on 127.0.0.1:3389 with the example directory
+#     (config/ldap/example.ldif: musicians, philosophers, a service account,
+#     a group), its config and database under $STATE/slapd;
 #   - the gate (release build) on :5000 with config/registry-gate.toml.
-# Both run in the background; their PIDs are in $STATE/*.pid and their logs
+# All run in the background; their PIDs are in $STATE/*.pid and their logs
 # in $STATE/*.log. Stop them with integration/down.sh (by those PID files).
 # Running it again leaves what is already running alone.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 STATE=${REGISTRY_GATE_STATE:-/tmp/registry-gate-dev}
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd) # slapd.conf needs absolute paths
+cd "$(dirname "$0")/.."
+
 UPSTREAM=127.0.0.1:5001
 GATE_PORT=5000
+LDAP_PORT=3389
+LDAP_URL=ldap://127.0.0.1:$LDAP_PORT
 CONFIG=config/registry-gate.toml
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# 1. What is missing, from Debian's packages.
+# 1. What is missing, from Debian's packages. (Installing slapd also starts
+# Debian's own slapd on port 389; this setup does not use it.)
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
 missing=()
-command -v docker-registry >/dev/null || missing+=(docker-registry)
-command -v curl >/dev/null || missing+=(curl)
+have docker-registry || missing+=(docker-registry)
+have curl || missing+=(curl)
+have slapd || missing+=(slapd)
+have ldapwhoami || missing+=(ldap-utils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "Installing: ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
@@ -81,7 +93,50 @@ YAML
     echo "docker-registry started on $UPSTREAM (PID $(cat "$STATE/registry.pid"))"
 fi
 
-# 4. The gate.
+# 4. A throwaway slapd with the example directory: slapd.conf made from
+# config/ldap/slapd.conf.template (see its header), the database loaded once
+# with slapadd, slapd in the foreground (-d 256: connections, binds and
+# searches go to its log) under nohup.
+SLAPD=$(command -v slapd || echo /usr/sbin/slapd)
+SLAPADD=$(command -v slapadd || echo /usr/sbin/slapadd)
+SLAPD_DIR=$STATE/slapd
+if running "$STATE/slapd.pid" slapd; then
+    echo "slapd already running (PID $(cat "$STATE/slapd.pid"))"
+else
+    if port_taken "$LDAP_PORT"; then
+        echo "Something already listens on 127.0.0.1:$LDAP_PORT; stop it first." >&2
+        exit 1
+    fi
+    mkdir -p "$SLAPD_DIR/data"
+    if [ ! -f "$SLAPD_DIR/slapd.conf" ]; then
+        # The rootdn (cn=admin,dc=example,dc=com) password: random, kept
+        # beside the config for whoever wants to edit the directory.
+        (umask 077 && od -An -tx1 -N12 /dev/urandom | tr -d ' \n' >"$SLAPD_DIR/rootpw")
+        sed -e "s|@DIR@|$SLAPD_DIR|" -e 's|@TLS@||' -e "s|@ROOTPW@|$(cat "$SLAPD_DIR/rootpw")|" \
+            config/ldap/slapd.conf.template >"$SLAPD_DIR/slapd.conf"
+        chmod 600 "$SLAPD_DIR/slapd.conf"
+    fi
+    if [ ! -f "$SLAPD_DIR/data/data.mdb" ]; then
+        "$SLAPADD" -q -f "$SLAPD_DIR/slapd.conf" -l config/ldap/example.ldif
+    fi
+    nohup "$SLAPD" -d 256 -f "$SLAPD_DIR/slapd.conf" -h "$LDAP_URL/" >"$STATE/slapd.log" 2>&1 &
+    echo $! >"$STATE/slapd.pid"
+    ready=no
+    for _ in $(seq 1 150); do
+        if ldapwhoami -x -H "$LDAP_URL" >/dev/null 2>&1; then ready=yes; break; fi
+        kill -0 "$(cat "$STATE/slapd.pid")" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$ready" != yes ]; then
+        rm -f "$STATE/slapd.pid"
+        echo "slapd did not answer on $LDAP_URL; its log ($STATE/slapd.log):" >&2
+        tail -n 30 "$STATE/slapd.log" >&2
+        exit 1
+    fi
+    echo "slapd started on $LDAP_URL (PID $(cat "$STATE/slapd.pid"))"
+fi
+
+# 5. The gate.
 if running "$STATE/gate.pid" registry-gate; then
     echo "registry-gate already running (PID $(cat "$STATE/gate.pid")); restart it with integration/down.sh first to run a new build"
 else
@@ -99,15 +154,27 @@ fi
 
 cat <<MSG
 
-Ready. Logs: $STATE/gate.log, $STATE/registry.log. Stop: integration/down.sh
-Users (config/registry-gate.toml): admin/badmin may do anything, test/123 may only pull.
+Ready. Logs: $STATE/gate.log, $STATE/slapd.log, $STATE/registry.log. Stop: integration/down.sh
+Users (config/registry-gate.toml): admin/badmin may do anything, test/123 may only pull;
+from LDAP ($LDAP_URL), the musicians mozart/password and bach/password push and pull;
+the philosophers kant and schopenhauer exist in the directory but are refused.
 
-  docker login localhost:$GATE_PORT -u admin -p badmin
+  docker login localhost:$GATE_PORT -u admin -p badmin     # or -u test -p 123, or -u mozart -p password
   docker tag busybox localhost:$GATE_PORT/anyuser/busybox && docker push localhost:$GATE_PORT/anyuser/busybox
 
+  skopeo login --tls-verify=false -u mozart -p password localhost:$GATE_PORT
   skopeo copy --dest-tls-verify=false --dest-creds admin:badmin \\
       docker-archive:busybox.tar docker://localhost:$GATE_PORT/anyuser/busybox:latest
+  skopeo copy --dest-tls-verify=false --dest-creds mozart:password \\
+      docker-archive:busybox.tar docker://localhost:$GATE_PORT/mozart/busybox:latest
   skopeo inspect --tls-verify=false --creds test:123 docker://localhost:$GATE_PORT/anyuser/busybox:latest
+
+LDAP checks (docs/ldap.md), run from $PWD: what the gate sees, and whether mozart would log in:
+  $BIN ldap-check
+  echo password | $BIN ldap-check mozart --password-stdin
+  ldapsearch -x -H $LDAP_URL -D uid=serviceaccount,ou=it,dc=example,dc=com -w password \\
+      -b ou=musicians,dc=example,dc=com '(objectClass=person)' uid mail memberOf
+The directory's rootdn is cn=admin,dc=example,dc=com, password in $SLAPD_DIR/rootpw.
 
 By hand: curl -i http://localhost:$GATE_PORT/v2/_catalog   (401 and its challenge), then
   curl -u admin:badmin 'http://localhost:$GATE_PORT/auth?service=Docker%20registry&scope=registry:catalog:*'

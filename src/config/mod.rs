@@ -81,10 +81,11 @@ pub fn load_raw(path: &Path, explicit: bool) -> Result<RawConfig, ConfigErrors> 
         )
         .into());
     }
-    // REGISTRY_GATE_CONFIG names the file itself and REGISTRY_GATE_LOG the
-    // log filter; they are not keys.
+    // Not keys: REGISTRY_GATE_CONFIG names the file itself, REGISTRY_GATE_LOG
+    // is the log filter, REGISTRY_GATE_STATE the state directory of
+    // integration/up.sh and down.sh.
     let env = Env::prefixed(ENV_PREFIX)
-        .ignore(&["config", "log"])
+        .ignore(&["config", "log", "state"])
         .split("__");
     let verbatim = |key: &str| {
         VERBATIM_ENV_KEYS
