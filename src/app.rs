@@ -16,7 +16,8 @@ use crate::audit::Audit;
 use crate::authz::Acl;
 use crate::config::Config;
 use crate::health::ReadinessCache;
-use crate::token::keys::KeyError;
+use crate::ratelimit::LoginThrottle;
+use crate::token::keys::{KeyError, verifying_key_from_pem};
 use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
 use crate::upstream::Upstream;
 
@@ -28,6 +29,8 @@ pub struct App {
     pub issuer: Issuer,
     pub verifier: Verifier,
     pub upstream: Upstream,
+    /// Failed-login counters of the realm (per process).
+    pub throttle: LoginThrottle,
     /// Where the signing key came from, for the startup line.
     pub key_source: String,
     pub key_id: String,
@@ -52,6 +55,13 @@ pub enum BuildError {
         path: String,
         source: std::io::Error,
     },
+    #[error("token.previous_keys: cannot read {path}: {source}")]
+    PreviousKeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token.previous_keys: {path}: {source}")]
+    PreviousKey { path: String, source: KeyError },
 }
 
 impl App {
@@ -66,21 +76,10 @@ impl App {
             t.lifetime,
             t.refresh_lifetime,
         );
-        let verifier = Verifier::new(
-            vec![VerifyingKey {
-                kid: key.kid.clone(),
-                algorithm: key.algorithm,
-                key: key.decoding.clone(),
-            }],
-            &t.issuer,
-            &t.service,
-            t.lifetime,
-        );
-        let upstream = Upstream::new(
-            &config.upstream.url,
-            &config.upstream.authority,
-            Duration::from_secs(5),
-        );
+        let mut keys = vec![key.verifying()];
+        keys.extend(load_previous_keys(&config)?);
+        let verifier = Verifier::new(keys, &t.issuer, &t.service, t.lifetime);
+        let upstream = Upstream::from_config(&config.upstream, &config.limits);
         Ok(App {
             authn: Authenticators::new(
                 StaticUsers::new(config.users.clone()),
@@ -91,6 +90,7 @@ impl App {
             issuer,
             verifier,
             upstream,
+            throttle: LoginThrottle::new(config.ratelimit.clone()),
             key_source,
             key_id: key.kid.clone(),
             readiness: ReadinessCache::default(),
@@ -127,4 +127,26 @@ fn load_key(config: &Config) -> Result<(SigningKey, String), BuildError> {
             Ok((key, "ephemeral".into()))
         }
     }
+}
+
+/// The public keys of `token.previous_keys`: tokens they signed stay valid
+/// (until they expire) after the signing key is rotated.
+fn load_previous_keys(config: &Config) -> Result<Vec<VerifyingKey>, BuildError> {
+    config
+        .token
+        .previous_keys
+        .iter()
+        .map(|path| {
+            let shown = path.display().to_string();
+            let pem =
+                std::fs::read_to_string(path).map_err(|source| BuildError::PreviousKeyFile {
+                    path: shown.clone(),
+                    source,
+                })?;
+            verifying_key_from_pem(&pem).map_err(|source| BuildError::PreviousKey {
+                path: shown,
+                source,
+            })
+        })
+        .collect()
 }

@@ -130,7 +130,7 @@ fn serve(path: PathBuf, explicit: bool) -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     let tls = match &config.server.tls {
-        Some(t) => match server::tls_acceptor(&t.cert, &t.key) {
+        Some(t) => match registry_gate::tls::acceptor(t) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("registry-gate: {e}");

@@ -1,100 +1,99 @@
 //! The accept loop: takes a bound listener (tests bind `127.0.0.1:0`),
-//! serves HTTP/1.1 and HTTP/2 (over TLS by ALPN when configured), and stops
-//! accepting on shutdown while in-flight requests finish.
+//! serves HTTP/1.1 and HTTP/2 (over TLS by ALPN when configured), and on
+//! shutdown stops accepting while in-flight requests finish.
+//!
+//! What one client may cost (`[limits]`):
+//! - at most `max_connections` connections are served at once; more wait in
+//!   the kernel's accept queue;
+//! - the TLS handshake, and each request's head once its first byte
+//!   arrived, must complete within `header_read_timeout` (slowloris);
+//! - a connection with no request in flight is closed after `idle_timeout`;
+//! - request heads are limited to `max_header_bytes` and `max_headers`
+//!   (HTTP/1.1 answers 431);
+//! - bodies are not limited in time as a whole (see `upstream` for stalls).
+//!
+//! Shutdown: the listener is closed at once (new connections are refused),
+//! every connection is asked to finish (HTTP/1.1: after its current
+//! request; HTTP/2: GOAWAY), and the server waits up to `shutdown_timeout`
+//! for them before returning.
 
-use std::io::BufReader;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{self, ServerConfig};
-
-use futures_util::FutureExt;
 
 use crate::app::App;
-use crate::http::body::Body;
+use crate::config::{LimitsConfig, TlsFiles};
+use crate::http::body::{Body, BoxError};
 use crate::http::{self, Conn};
+
+pub use crate::tls::TlsError;
 
 type HandlerFuture = std::pin::Pin<
     Box<dyn Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send>,
 >;
 
-/// How long in-flight requests may run on after a shutdown signal.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a client may take to send its request headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a connection was asked to close (idle, too slow, shutting down),
+/// how long it may take to say goodbye once nothing is in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("server.tls.{key}: cannot read {path}: {message}")]
-    File {
-        key: &'static str,
-        path: String,
-        message: String,
-    },
-    #[error("server.tls: {0}")]
-    Config(String),
-}
-
-/// Builds the TLS acceptor: TLS 1.2 and 1.3 only, ALPN h2 then http/1.1.
+/// Builds the TLS acceptor for `cert` and `key` (see [`crate::tls`]),
+/// reloading them when they change.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let file_err = |key: &'static str, path: &Path, message: String| TlsError::File {
-        key,
-        path: path.display().to_string(),
-        message,
-    };
-    let certs = std::fs::File::open(cert)
-        .map_err(|e| file_err("cert", cert, e.to_string()))
-        .and_then(|f| {
-            rustls_pemfile::certs(&mut BufReader::new(f))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| file_err("cert", cert, e.to_string()))
-        })?;
-    if certs.is_empty() {
-        return Err(file_err("cert", cert, "no PEM certificate in it".into()));
-    }
-    let private = std::fs::File::open(key)
-        .map_err(|e| file_err("key", key, e.to_string()))
-        .and_then(|f| {
-            rustls_pemfile::private_key(&mut BufReader::new(f))
-                .map_err(|e| file_err("key", key, e.to_string()))
-        })?
-        .ok_or_else(|| file_err("key", key, "no PEM private key in it".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    crate::tls::acceptor(&TlsFiles {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reload_interval: Duration::from_secs(10),
+    })
 }
 
-/// Serves until `shutdown` completes, then drains for up to `DRAIN_DEADLINE`.
+/// Serves until `shutdown` completes, then drains for up to
+/// `limits.shutdown_timeout`.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let builder = Arc::new(builder);
+    let limits = app.config.limits.clone();
+    let builder = Arc::new(http_builder(&limits));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut warned_full: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection limit reached (limits.max_connections): new clients wait"
+                    );
+                    warned_full = Some(Instant::now());
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -111,43 +110,341 @@ pub async fn serve(
         let app = app.clone();
         let builder = builder.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let stop = stop_rx.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let conn = Conn {
                 peer,
                 tls: tls.is_some(),
             };
-            let service = service_fn(move |req| -> HandlerFuture {
-                // Boxed so the future's type is named: without it rustc cannot
-                // prove the higher-ranked Send bound hyper's executor needs.
-                Box::pin(http::handle(app.clone(), req, conn).map(Ok))
-            });
-            let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        let c = builder.serve_connection(TokioIo::new(s), service);
-                        watcher.watch(c.into_owned()).await
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_connection(s, h2, &builder, app, conn, &limits, stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out")
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => {
-                    let c = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(c.into_owned()).await
                 }
-            };
-            if let Err(e) = result {
-                // Clients hang up mid-request all the time; not an error of ours.
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                None => serve_connection(stream, false, &builder, app, conn, &limits, stop).await,
             }
         });
     }
     drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let open = limits.max_connections - permits.available_permits();
+    tracing::info!(
+        connections = open,
+        "shutting down: listener closed, draining in-flight requests"
+    );
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(limits.shutdown_timeout, permits.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            connections = limits.max_connections - permits.available_permits(),
+            "shutdown_timeout passed; closing the remaining connections"
+        ),
+    }
+}
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper's own header timer also runs while a keep-alive connection
+        // waits for its next request, so it is only a backstop here: the
+        // precise limits are kept per connection (see `Activity`).
+        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // The read buffer: a request head must fit in it (or 431).
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Why a connection was asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Idle,
+    SlowHeader,
+    Shutdown,
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    h2: bool,
+    builder: &auto::Builder<TokioExecutor>,
+    app: Arc<App>,
+    conn: Conn,
+    limits: &LimitsConfig,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new(h2));
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| -> HandlerFuture {
+            let guard = activity.begin();
+            let app = app.clone();
+            // Boxed so the future's type is named: without it rustc cannot
+            // prove the higher-ranked Send bound hyper's executor needs.
+            Box::pin(async move {
+                let resp = http::handle(app, req, conn).await;
+                Ok(resp.map(|body| {
+                    InFlightBody {
+                        body,
+                        _guard: guard,
+                    }
+                    .boxed()
+                }))
+            })
+        })
+    };
+    let connection = builder.serve_connection(io, service).into_owned();
+    tokio::pin!(connection);
+    let closing = tokio::select! {
+        result = connection.as_mut() => {
+            log_end(conn, result);
+            return;
+        }
+        reason = activity.expired(limits) => reason,
+        _ = stop.wait_for(|stopping| *stopping) => Closing::Shutdown,
+    };
+    tracing::debug!(client = %conn.peer, reason = ?closing, "closing connection");
+    connection.as_mut().graceful_shutdown();
+    // In-flight requests finish (on shutdown the server's own deadline
+    // bounds this); once nothing is in flight, a moment to say goodbye.
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
+        result = connection => log_end(conn, result),
+        () = activity.quiet_for(CLOSE_GRACE) => {}
+    }
+}
+
+fn log_end(conn: Conn, result: Result<(), BoxError>) {
+    if let Err(e) = result {
+        // Clients hang up mid-request all the time; not an error of ours.
+        tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What a connection is doing, as far as its limits care: requests in
+/// flight, since when it has had none, and whether the head of a next
+/// request has started to arrive.
+struct Activity {
+    started: Instant,
+    /// HTTP/2: bytes between requests are pings and settings, not a head.
+    h2: bool,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` at which `in_flight` last became 0.
+    idle_since: AtomicU64,
+    /// Milliseconds since `started` of the first byte read while idle, or
+    /// `NONE`.
+    head_started: AtomicU64,
+    head_pending: AtomicBool,
+    changed: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl Activity {
+    fn new(h2: bool) -> Self {
+        Activity {
+            started: Instant::now(),
+            h2,
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            head_pending: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// A request has begun; the guard ends it when dropped (with the
+    /// response body, or with the handler if the client went away).
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_pending.store(false, Ordering::SeqCst);
+        self.head_started.store(NONE, Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Called on every read that delivered bytes.
+    fn on_read(&self) {
+        if self.h2
+            || self.in_flight.load(Ordering::SeqCst) > 0
+            || self.head_pending.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        self.head_started.store(self.now_ms(), Ordering::SeqCst);
+        self.head_pending.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Resolves when the connection has been idle, or has been sending a
+    /// head, for too long.
+    async fn expired(&self, limits: &LimitsConfig) -> Closing {
+        loop {
+            let notified = self.changed.notified();
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                notified.await;
+                continue;
+            }
+            let idle_since = self.idle_since.load(Ordering::SeqCst);
+            let head = self.head_started.load(Ordering::SeqCst);
+            let (deadline, reason) = if head == NONE {
+                (self.at(idle_since) + limits.idle_timeout, Closing::Idle)
+            } else {
+                (
+                    self.at(head.max(idle_since)) + limits.header_read_timeout,
+                    Closing::SlowHeader,
+                )
+            };
+            if Instant::now() >= deadline {
+                return reason;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = notified => {}
+            }
+        }
+    }
+
+    /// Resolves once no request has been in flight for `grace`.
+    async fn quiet_for(&self, grace: Duration) {
+        loop {
+            let notified = self.changed.notified();
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                notified.await;
+                continue;
+            }
+            let deadline = Instant::now() + grace;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if self.in_flight.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                }
+                () = notified => {}
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            a.idle_since.store(a.now_ms(), Ordering::SeqCst);
+        }
+        a.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it
+/// has been sent (or dropped).
+struct InFlightBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's byte stream, telling [`Activity`] when bytes arrive.
+struct Tracked<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

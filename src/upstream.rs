@@ -5,16 +5,25 @@
 //! get here.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
 
-use crate::http::body::{self, Body};
+use crate::access::Endpoint;
+use crate::config::{LimitsConfig, UpstreamConfig};
+use crate::http::body::{self, Body, BoxError};
 use crate::permit::Permit;
 
 /// Why the upstream gave no answer.
@@ -26,6 +35,10 @@ pub enum UpstreamError {
     Timeout,
     #[error("bad upstream request: {0}")]
     Request(String),
+    /// A manifest PUT larger than `limits.max_manifest_bytes`: refused
+    /// (from its `Content-Length`, or aborted once that many bytes passed).
+    #[error("manifest larger than {0} bytes")]
+    ManifestTooLarge(u64),
 }
 
 /// Where the client thinks it is talking to, for the `X-Forwarded-*`
@@ -51,7 +64,10 @@ pub struct Upstream {
     /// `http://host:port`, no trailing slash.
     base: String,
     authority: HeaderValue,
-    response_timeout: Duration,
+    /// Counted from the end of the request body, not its start.
+    response_header_timeout: Duration,
+    body_stall_timeout: Duration,
+    max_manifest_bytes: u64,
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) and what must not cross the
@@ -87,6 +103,16 @@ const STRIPPED_RESPONSE: &[&str] = &[
 ];
 
 impl Upstream {
+    /// The upstream of `[upstream]`, with the body limits of `[limits]`.
+    pub fn from_config(upstream: &UpstreamConfig, limits: &LimitsConfig) -> Self {
+        let mut u = Upstream::new(&upstream.url, &upstream.authority, upstream.connect_timeout);
+        u.response_header_timeout = upstream.response_header_timeout;
+        u.body_stall_timeout = limits.body_stall_timeout;
+        u.max_manifest_bytes = limits.max_manifest_bytes;
+        u
+    }
+
+    /// An upstream with the default timeouts and limits.
     pub fn new(base: &str, authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -101,15 +127,19 @@ impl Upstream {
             base: base.to_owned(),
             authority: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            response_timeout: Duration::from_secs(60),
+            response_header_timeout: Duration::from_secs(60),
+            body_stall_timeout: Duration::from_secs(120),
+            max_manifest_bytes: 4 * 1024 * 1024,
         }
     }
 
     /// Forwards an authorized request, streaming its body, and returns the
-    /// upstream's response with its body still streaming.
+    /// upstream's response with its body still streaming. A body that stalls
+    /// (no byte for `body_stall_timeout`) is aborted, in either direction; a
+    /// manifest PUT is cut off past `max_manifest_bytes`, without buffering.
     pub async fn forward(
         &self,
-        _permit: &Permit,
+        permit: &Permit,
         req: Request<Incoming>,
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
@@ -119,10 +149,27 @@ impl Upstream {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let mut out = Request::new(body::stream(incoming));
+        let incoming = Stall::new(incoming, self.body_stall_timeout);
+        let manifest_put =
+            permit.required().endpoint == Endpoint::Manifest && parts.method == Method::PUT;
+        let over = Arc::new(AtomicBool::new(false));
+        let body = if manifest_put {
+            let max = self.max_manifest_bytes;
+            if declared_length(&parts.headers).is_some_and(|n| n > max) {
+                return Err(UpstreamError::ManifestTooLarge(max));
+            }
+            body::stream(Capped::new(incoming, max, over.clone()))
+        } else {
+            body::stream(incoming)
+        };
+        let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.headers_mut() = parts.headers;
-        self.send(out, &path_and_query, origin).await
+        let result = self.send(out, &path_and_query, origin).await;
+        if over.load(Ordering::SeqCst) {
+            return Err(UpstreamError::ManifestTooLarge(self.max_manifest_bytes));
+        }
+        result
     }
 
     /// A gate-originated GET (the catalog filter pages through the upstream).
@@ -156,24 +203,36 @@ impl Upstream {
 
     async fn send(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         path_and_query: &str,
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
-        *req.uri_mut() = format!("{}{}", self.base, path_and_query)
+        let (mut parts, body) = req.into_parts();
+        parts.uri = format!("{}{}", self.base, path_and_query)
             .parse::<Uri>()
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
         // The upstream speaks HTTP/1.1 whatever the client spoke to us.
-        *req.version_mut() = Version::HTTP_11;
-        self.prepare_headers(req.headers_mut(), origin);
-        let resp = tokio::time::timeout(self.response_timeout, self.client.request(req))
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        parts.version = Version::HTTP_11;
+        self.prepare_headers(&mut parts.headers, origin);
+        // The response-header timeout starts once the whole request body is
+        // sent: an upload may take as long as it takes.
+        let (body, sent) = EndSignal::new(body);
+        let response = self
+            .client
+            .request(Request::from_parts(parts, body::stream(body)));
+        let deadline = async {
+            let _ = sent.await;
+            tokio::time::sleep(self.response_header_timeout).await;
+        };
+        let resp = tokio::select! {
+            r = response => r.map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?,
+            () = deadline => return Err(UpstreamError::Timeout),
+        };
         let (mut parts, incoming) = resp.into_parts();
         strip(&mut parts.headers, STRIPPED_RESPONSE);
         self.rewrite_urls(&mut parts.headers, origin);
-        Ok(Response::from_parts(parts, body::stream(incoming)))
+        let body = Stall::new(incoming, self.body_stall_timeout);
+        Ok(Response::from_parts(parts, body::stream(body)))
     }
 
     fn prepare_headers(&self, headers: &mut HeaderMap, origin: &Origin) {
@@ -235,6 +294,188 @@ fn strip(headers: &mut HeaderMap, names: &[&str]) {
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
+    }
+}
+
+/// The `Content-Length` a request declares, if it declares one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A body that fails when its source delivers nothing for `limit` while
+/// it is being waited on. Time spent while the consumer is not asking (a
+/// slow reader's backpressure) does not count: only a silent producer.
+pub struct Stall<B> {
+    inner: B,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Stall<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        Stall {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+impl<B> HttpBody for Stall<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(timer.as_mut().poll(cx));
+                this.timer = None;
+                Poll::Ready(Some(Err(format!(
+                    "body stalled: no data for {}s",
+                    limit.as_secs_f32()
+                )
+                .into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body cut off with an error once more than `max` bytes passed; `over`
+/// records that it happened (the error itself reaches the upstream, not us).
+struct Capped<B> {
+    inner: B,
+    max: u64,
+    seen: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B, max: u64, over: Arc<AtomicBool>) -> Self {
+        Capped {
+            inner,
+            max,
+            seen: 0,
+            over,
+        }
+    }
+}
+
+impl<B> HttpBody for Capped<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            this.seen = this.seen.saturating_add(data.len() as u64);
+            if this.seen > this.max {
+                this.over.store(true, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(format!(
+                    "manifest larger than {} bytes",
+                    this.max
+                )
+                .into())));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Passes a body through and says when it has been sent completely (or
+/// dropped, which is as final).
+struct EndSignal {
+    inner: Body,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl EndSignal {
+    fn new(inner: Body) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut body = EndSignal {
+            inner,
+            done: Some(tx),
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        (body, rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl HttpBody for EndSignal {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.finish();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

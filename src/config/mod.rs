@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
-pub use raw::{RawAudit, RawConfig, RawLog, RawServer, RawTls, RawToken, RawUpstream, RawUser};
-pub use resolve::{Config, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig};
+pub use raw::{
+    RawAudit, RawConfig, RawLimits, RawLog, RawRateLimit, RawServer, RawTls, RawToken,
+    RawUpstream, RawUser,
+};
+pub use resolve::{
+    Config, LimitsConfig, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig,
+};
 
 /// The config file used when none is named.
 pub const DEFAULT_PATH: &str = "config/registry-gate.toml";

@@ -33,6 +33,12 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub log: RawLog,
+    /// Timeouts and sizes of the HTTP edge (`[limits]`).
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Brute-force protection of the token realm (`[ratelimit]`).
+    #[serde(default)]
+    pub ratelimit: RawRateLimit,
 }
 
 /// `[audit]`: where the audit trail goes.
@@ -92,18 +98,44 @@ impl Default for RawServer {
 pub struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often the certificate and key files are checked for changes
+    /// (renewals are picked up without a restart).
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: String,
+    /// Bound on opening a TCP connection to the upstream.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bound on the upstream's response headers, counted from the moment
+    /// the request (with its whole body) has been sent. Bodies themselves are
+    /// not limited as a whole.
+    #[serde(default = "default_response_header_timeout", with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_response_header_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
         RawUpstream {
             url: "http://127.0.0.1:5001".into(),
+            connect_timeout: default_connect_timeout(),
+            response_header_timeout: default_response_header_timeout(),
         }
     }
 }
@@ -120,6 +152,10 @@ pub struct RawToken {
     pub refresh_lifetime: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Public keys (PEM) of earlier signing keys whose tokens are still
+    /// accepted, for key rotation across instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PathBuf>,
 }
 
 impl Default for RawToken {
@@ -130,6 +166,7 @@ impl Default for RawToken {
             lifetime: Duration::from_secs(5 * 60),
             refresh_lifetime: Duration::from_secs(30 * 24 * 3600),
             key: None,
+            previous_keys: Vec::new(),
         }
     }
 }
@@ -141,4 +178,92 @@ pub struct RawUser {
     pub password: Secret,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+}
+
+/// `[limits]`: what one client may cost the gate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// A client must send a request's complete headers within this time of
+    /// its first byte (slowloris); also bounds the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Largest manifest a client may PUT, in bytes (distribution: 4 MiB).
+    pub max_manifest_bytes: u64,
+    /// Most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A request or response body that delivers no byte for this long is
+    /// aborted (a stalled transfer, not a slow one).
+    #[serde(with = "humantime_serde")]
+    pub body_stall_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may run on.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            header_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_connections: 1024,
+            body_stall_timeout: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[ratelimit]`: failed logins on the token realm, per client address and
+/// per account, answered with growing back-off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub enabled: bool,
+    /// Failed logins from one address (IPv6: one /64) before back-off
+    /// starts; 0 turns the per-address limit off.
+    pub failures_per_address: u32,
+    /// Failed logins for one account (from anywhere) before back-off
+    /// starts; 0 turns the per-account limit off.
+    pub failures_per_account: u32,
+    /// The first back-off; each further failure doubles it.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The longest back-off: no lockout lasts longer.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Failures are forgotten after this long without one (counted from
+    /// the end of the last back-off).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// An address an account logged in from successfully stays exempt from
+    /// that account's lockout this long.
+    #[serde(with = "humantime_serde")]
+    pub trusted_address_ttl: Duration,
+    /// Most addresses and accounts tracked at once.
+    pub capacity: u64,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        RawRateLimit {
+            enabled: true,
+            failures_per_address: 20,
+            failures_per_account: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            forget_after: Duration::from_secs(900),
+            trusted_address_ttl: Duration::from_secs(7 * 24 * 3600),
+            capacity: 100_000,
+        }
+    }
 }

@@ -13,6 +13,7 @@ use super::{ConfigError, ConfigErrors};
 use crate::authn::Labels;
 use crate::authn::ldap::ResolvedLdap;
 use crate::authz::Acl;
+use crate::ratelimit::ThrottleConfig;
 use crate::secret::Secret;
 
 /// The resolved, validated configuration.
@@ -25,6 +26,10 @@ pub struct Config {
     pub acl: Acl,
     /// `[ldap]`, when configured: files read, URLs checked, TLS trust built.
     pub ldap: Option<ResolvedLdap>,
+    /// `[limits]`: timeouts and sizes of the HTTP edge.
+    pub limits: LimitsConfig,
+    /// `[ratelimit]`: brute-force protection of the realm.
+    pub ratelimit: ThrottleConfig,
     /// What was read, for `check-config` (secrets print as `***`).
     pub raw: RawConfig,
 }
@@ -41,6 +46,8 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often the files are checked for a renewal.
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +55,8 @@ pub struct UpstreamConfig {
     /// `http://host:port`, no trailing slash.
     pub url: String,
     pub authority: http::uri::Authority,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +66,21 @@ pub struct TokenConfig {
     pub lifetime: Duration,
     pub refresh_lifetime: Duration,
     pub key: Option<PathBuf>,
+    /// Public keys of earlier signing keys, still accepted when verifying.
+    pub previous_keys: Vec<PathBuf>,
+}
+
+/// The resolved `[limits]` section (see `RawLimits` for each meaning).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_manifest_bytes: u64,
+    pub max_connections: usize,
+    pub body_stall_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +151,16 @@ impl Config {
                 },
             );
         }
+        errors.extend(limits_checks(&raw));
+        errors.extend(ratelimit_checks(&raw));
+        if let Some(tls) = &raw.server.tls
+            && tls.reload_interval < Duration::from_millis(100)
+        {
+            errors.push(ConfigError::new(
+                "server.tls.reload_interval",
+                "must be at least 100ms",
+            ));
+        }
         let acl = Acl::compile(&raw.acl).map_err(|e| ConfigError::new(e.path, e.message));
         // Relative paths in [ldap] resolve against the working directory, as
         // every other path in the file does.
@@ -161,11 +195,14 @@ impl Config {
                 tls: raw.server.tls.as_ref().map(|t| TlsFiles {
                     cert: t.cert.clone(),
                     key: t.key.clone(),
+                    reload_interval: t.reload_interval,
                 }),
             },
             upstream: UpstreamConfig {
                 url: upstream,
                 authority,
+                connect_timeout: raw.upstream.connect_timeout,
+                response_header_timeout: raw.upstream.response_header_timeout,
             },
             token: TokenConfig {
                 service: raw.token.service.clone(),
@@ -173,10 +210,22 @@ impl Config {
                 lifetime: raw.token.lifetime,
                 refresh_lifetime: raw.token.refresh_lifetime,
                 key: raw.token.key.clone(),
+                previous_keys: raw.token.previous_keys.clone(),
             },
             users,
             acl,
             ldap: ldap.ok().flatten(),
+            limits: LimitsConfig {
+                header_read_timeout: raw.limits.header_read_timeout,
+                idle_timeout: raw.limits.idle_timeout,
+                max_header_bytes: raw.limits.max_header_bytes,
+                max_headers: raw.limits.max_headers,
+                max_manifest_bytes: raw.limits.max_manifest_bytes,
+                max_connections: raw.limits.max_connections,
+                body_stall_timeout: raw.limits.body_stall_timeout,
+                shutdown_timeout: raw.limits.shutdown_timeout,
+            },
+            ratelimit: ThrottleConfig::from(&raw.ratelimit),
             raw,
         })
     }
@@ -203,6 +252,77 @@ fn token_checks(raw: &RawConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// The smallest request head limit hyper accepts.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Beyond this a "header" is an attack, whatever the config says.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// The most connections a semaphore of ours is sized for.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+fn limits_checks(raw: &RawConfig) -> Vec<ConfigError> {
+    let l = &raw.limits;
+    let mut errors = Vec::new();
+    let mut positive = |key: &str, d: Duration| {
+        if d.is_zero() {
+            errors.push(ConfigError::new(key, "must be longer than 0s"));
+        }
+    };
+    positive("limits.header_read_timeout", l.header_read_timeout);
+    positive("limits.idle_timeout", l.idle_timeout);
+    positive("limits.body_stall_timeout", l.body_stall_timeout);
+    positive("upstream.connect_timeout", raw.upstream.connect_timeout);
+    positive(
+        "upstream.response_header_timeout",
+        raw.upstream.response_header_timeout,
+    );
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+        errors.push(ConfigError::new(
+            "limits.max_header_bytes",
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+        ));
+    }
+    if !(1..=10_000).contains(&l.max_headers) {
+        errors.push(ConfigError::new(
+            "limits.max_headers",
+            "must be between 1 and 10000",
+        ));
+    }
+    if l.max_manifest_bytes < 1024 {
+        errors.push(ConfigError::new(
+            "limits.max_manifest_bytes",
+            "must be at least 1024 (distribution uses 4194304)",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&l.max_connections) {
+        errors.push(ConfigError::new(
+            "limits.max_connections",
+            format!("must be between 1 and {MAX_CONNECTIONS}"),
+        ));
+    }
+    errors
+}
+
+fn ratelimit_checks(raw: &RawConfig) -> Vec<ConfigError> {
+    let r = &raw.ratelimit;
+    let mut errors = Vec::new();
+    if r.backoff.is_zero() {
+        errors.push(ConfigError::new(
+            "ratelimit.backoff",
+            "must be longer than 0s",
+        ));
+    }
+    if r.max_backoff < r.backoff {
+        errors.push(ConfigError::new(
+            "ratelimit.max_backoff",
+            "must not be shorter than ratelimit.backoff",
+        ));
+    }
+    if r.capacity == 0 {
+        errors.push(ConfigError::new("ratelimit.capacity", "must be at least 1"));
+    }
+    errors
 }
 
 /// Checks `scheme://authority[/]` and returns it without the trailing slash.

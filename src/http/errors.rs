@@ -3,6 +3,8 @@
 //! `ApiError`; the detail goes to the log, the client gets the code, the
 //! table's message and only the detail that is safe and useful to it.
 
+use std::time::Duration;
+
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::{Body, full};
@@ -21,6 +23,7 @@ pub enum ErrorCode {
     NotFound,
     BadRequest,
     TooManyRequests,
+    ManifestTooLarge,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -65,6 +68,11 @@ impl ErrorCode {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests",
             ),
+            ManifestTooLarge => (
+                "MANIFEST_INVALID",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "manifest too large",
+            ),
             Unavailable => (
                 "UNAVAILABLE",
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +105,8 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// Rendered as `WWW-Authenticate` on 401s.
     pub challenge: Option<Challenge>,
+    /// Rendered as `Retry-After` on 429s: whole seconds, at least 1.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -105,6 +115,7 @@ impl ApiError {
             code,
             detail: None,
             challenge: None,
+            retry_after_secs: None,
         }
     }
 
@@ -113,6 +124,17 @@ impl ApiError {
             code,
             detail: Some(detail.into()),
             challenge: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// 429: come back after `retry_after`.
+    pub fn too_many_requests(retry_after: Duration, detail: impl Into<String>) -> Self {
+        // Whole seconds, rounded up: never tell a client to retry early.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        ApiError {
+            retry_after_secs: Some(u32::try_from(secs).unwrap_or(u32::MAX).max(1)),
+            ..ApiError::detail(ErrorCode::TooManyRequests, detail)
         }
     }
 
@@ -121,6 +143,7 @@ impl ApiError {
             code: ErrorCode::Unauthorized,
             detail: None,
             challenge: Some(challenge),
+            retry_after_secs: None,
         }
     }
 
@@ -137,8 +160,9 @@ impl ApiError {
                 .insert(header::WWW_AUTHENTICATE, challenge.header_value());
         }
         if self.code == ErrorCode::TooManyRequests {
+            let secs = self.retry_after_secs.unwrap_or(1);
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -174,5 +198,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert_eq!(v["errors"][0]["detail"], "bad name");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        for (wait, want) in [
+            (1500, "2"),
+            (1000, "1"),
+            (1, "1"),
+            (0, "1"),
+            (299_001, "300"),
+        ] {
+            let resp = ApiError::too_many_requests(Duration::from_millis(wait), "slow down")
+                .into_response();
+            assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], want, "{wait}");
+        }
     }
 }

@@ -115,15 +115,22 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
 
 /// Authenticates the request; for a refresh grant also returns the refresh
 /// token to hand back unchanged (docker keeps using the one it stored).
+///
+/// Credentials are checked only when the login throttle allows it; a
+/// failure is counted and logged (account and address, never the secret).
 async fn authenticate(
     app: &App,
     tr: &TokenRequest,
     conn: Conn,
 ) -> Result<(Identity, Option<Secret>), ApiError> {
-    let failed = |account: &str, reason: &'static str| {
+    let ip = conn.peer.ip();
+    // Every failure is counted by the login throttle and audited (account
+    // and address; never the secret).
+    let failed = |account: &str, counted: Option<&str>, reason: &'static str| {
+        app.throttle.record_failure(counted, ip);
         app.audit.record(Event::LoginFailed {
             account: account.to_owned(),
-            client: conn.peer.ip(),
+            client: ip,
             reason,
         });
         bad_credentials()
@@ -137,25 +144,46 @@ async fn authenticate(
                     "the account parameter does not match the credentials",
                 ));
             }
+            throttle(app, Some(account), conn)?;
             match app.authn.authenticate(account, password).await {
-                Ok(Some(identity)) => Ok((identity, None)),
-                Ok(None) => Err(failed(account, "bad_credentials")),
+                Ok(Some(identity)) => {
+                    app.throttle.record_success(account, ip);
+                    Ok((identity, None))
+                }
+                Ok(None) => Err(failed(account, Some(account), "bad_credentials")),
                 Err(e) => Err(unavailable(e)),
             }
         }
         Credentials::Refresh(token) => {
+            throttle(app, None, conn)?;
             let claims = app.verifier.verify_refresh(token.expose()).map_err(|e| {
                 tracing::debug!(reason = %e, "refresh token refused");
-                failed("", "bad_refresh_token")
+                failed("", None, "bad_refresh_token")
             })?;
             // The account must still exist: removing a user ends their logins.
             match app.authn.lookup(&claims.sub, &claims.backend).await {
                 Ok(Some(identity)) => Ok((identity, Some(token.clone()))),
-                Ok(None) => Err(failed(&claims.sub, "account_gone")),
+                Ok(None) => Err(failed(&claims.sub, None, "account_gone")),
                 Err(e) => Err(unavailable(e)),
             }
         }
     }
+}
+
+/// 429 when failed logins from this address (or for this account) are
+/// being backed off; the credentials are then not even looked at.
+fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
+    app.throttle.check(account, conn.peer.ip()).map_err(|t| {
+        tracing::warn!(
+            target: "audit",
+            event = "login_throttled",
+            account = account.unwrap_or(""),
+            client = %conn.peer.ip(),
+            limited = t.limited.as_str(),
+            retry_after_ms = t.retry_after.as_millis() as u64,
+        );
+        ApiError::too_many_requests(t.retry_after, "too many failed logins; retry later")
+    })
 }
 
 fn parse_get(query: &str, headers: &HeaderMap) -> Result<TokenRequest, ApiError> {

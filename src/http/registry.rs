@@ -150,6 +150,13 @@ fn refusal(e: ClassifyError) -> ApiError {
 }
 
 pub fn upstream_error(e: UpstreamError) -> ApiError {
+    if let UpstreamError::ManifestTooLarge(max) = e {
+        tracing::warn!(max, "manifest PUT refused: too large");
+        return ApiError::detail(
+            ErrorCode::ManifestTooLarge,
+            format!("manifests are limited to {max} bytes"),
+        );
+    }
     tracing::error!(error = %e, "upstream request failed");
     match e {
         UpstreamError::Timeout => ApiError::new(ErrorCode::UpstreamTimeout),
