@@ -1303,6 +1303,61 @@ mod tests {
         (path, query)
     }
 
+    /// Go's `path.Clean`, as gorilla/mux applies it before routing (it
+    /// redirects requests whose path is not clean).
+    fn go_clean(path: &str) -> String {
+        let mut out: Vec<&str> = Vec::new();
+        for seg in path.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    /// The first value of `key` as Go's `url.ParseQuery` reads it: pairs
+    /// split on `&` only, a pair with `;` or a bad escape skipped, `+` is a
+    /// space, keys decoded too.
+    fn go_query_first(query: Option<&str>, key: &str) -> Option<String> {
+        fn unescape(s: &str) -> Option<String> {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'%' => {
+                        let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                        out.push(u8::from_str_radix(hex, 16).ok()?);
+                        i += 3;
+                    }
+                    b'+' => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    c => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            // Go keeps invalid UTF-8 as bytes; lossy is enough to compare.
+            Some(String::from_utf8_lossy(&out).into_owned())
+        }
+        query?
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !pair.contains(';'))
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                Some((unescape(k)?, unescape(v)?))
+            })
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
     /// Pieces of hostile and valid paths, glued together at random.
     const PIECES: &[&str] = &[
         "/",
@@ -1601,6 +1656,29 @@ mod tests {
                 classify(&m, &canonical_path, canonical_query.as_deref()),
                 Ok(got)
             );
+        }
+
+        /// The registry behind us parses the same request with Go's
+        /// `net/url` and gorilla/mux: for every request we let through, its
+        /// view (cleaned, decoded path; first `mount`/`from` values) is the
+        /// one we authorized, so no request means more to it than to us.
+        #[test]
+        fn the_registry_sees_what_was_authorized((m, path, query) in request_strategy()) {
+            let Ok(analysis) = analyze(&m, &path, query.as_deref()) else { return Ok(()) };
+            prop_assert!(!path.contains('%'), "{:?}", path);
+            prop_assert_eq!(go_clean(&path), path.trim_end_matches('/'), "{:?}", path);
+            let go_mount = go_query_first(query.as_deref(), "mount");
+            let go_from = go_query_first(query.as_deref(), "from");
+            match &analysis.mount {
+                Some((digest, from)) => {
+                    prop_assert_eq!(go_mount.as_deref(), Some(digest.as_ref()));
+                    prop_assert_eq!(go_from.as_deref(), Some(from.as_ref()));
+                }
+                None if analysis.route.endpoint() == Endpoint::UploadStart => {
+                    prop_assert!(go_mount.is_none() && go_from.is_none(), "{:?}", query);
+                }
+                None => {}
+            }
         }
 
         #[test]

@@ -301,4 +301,97 @@ mod tests {
         let long = format!("repository:{}:pull", "a".repeat(2000));
         assert_eq!(Scope::parse(&long), Err(ScopeError::TooLong));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Scope-like strings: pieces of real and hostile scopes.
+        fn scope_strategy() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "repository",
+                "registry",
+                "catalog",
+                ":",
+                "::",
+                "a",
+                "a/b",
+                "..",
+                "%2F",
+                "pull",
+                "push",
+                "delete",
+                "*",
+                ",",
+                " ",
+                "PULL",
+                "(plugin)",
+                "\0",
+                "\u{e9}",
+                "localhost:5000/",
+                "",
+                "\t",
+            ]);
+            prop_oneof![
+                3 => prop::collection::vec(piece, 0..10).prop_map(|p| p.concat()),
+                1 => any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Parsing never panics; a parsed scope is already canonical
+            /// (parsing its printed form gives it back), names exactly what
+            /// stands between the first and last colon, and holds only
+            /// actions that were spelled out in full.
+            #[test]
+            fn parsed_scopes_are_canonical_and_no_broader(s in scope_strategy()) {
+                let Ok(scope) = Scope::parse(&s) else { return Ok(()) };
+                prop_assert_eq!(Scope::parse(&scope.to_string()), Ok(scope.clone()));
+                let first = s.find(':').unwrap();
+                let last = s.rfind(':').unwrap();
+                prop_assert_eq!(&scope.resource_type, &s[..first]);
+                prop_assert_eq!(&scope.name, &s[first + 1..last]);
+                let spelled: Vec<&str> = s[last + 1..].split(',').collect();
+                for a in &scope.actions {
+                    prop_assert!(spelled.contains(&a.as_str()), "{:?} from {:?}", a, s);
+                }
+                prop_assert!(!scope.name.contains(' ') && !scope.name.chars().any(|c| c.is_ascii_control()));
+            }
+
+            /// A list parses as its parts do, or not at all.
+            #[test]
+            fn lists_parse_as_their_parts(parts in prop::collection::vec(scope_strategy(), 0..4)) {
+                let joined = parts.join(" ");
+                let whole = Scope::parse_list(&joined);
+                let each: Result<Vec<Scope>, _> = joined
+                    .split(' ')
+                    .filter(|p| !p.is_empty())
+                    .map(Scope::parse)
+                    .collect();
+                prop_assert_eq!(whole, each);
+            }
+
+            /// Merging unites actions per resource and never invents one:
+            /// whatever the merged list covers, some input scope covered
+            /// each of its actions.
+            #[test]
+            fn merging_never_widens(
+                picks in prop::collection::vec((0usize..3, prop::collection::btree_set(0usize..4, 0..4)), 0..6)
+            ) {
+                let names = ["a", "b", "a/b"];
+                let all = [Action::Pull, Action::Push, Action::Delete, Action::All];
+                let scopes: Vec<Scope> = picks
+                    .iter()
+                    .map(|(n, acts)| Scope::repository(names[*n], acts.iter().map(|i| all[*i])))
+                    .collect();
+                for m in merge(scopes.clone()) {
+                    for a in &m.actions {
+                        prop_assert!(scopes.iter().any(|s| s.same_resource(&m) && s.actions.contains(a)));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -448,3 +448,257 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::authn::Identity;
+    use crate::config::{Config, RawConfig};
+    use crate::scope::{Action, Scope};
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    struct Running {
+        addr: SocketAddr,
+        app: Arc<App>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        done: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(upstream: &str, edit: impl FnOnce(&mut RawConfig)) -> Running {
+        let mut raw = RawConfig::default();
+        raw.upstream.url = upstream.to_owned();
+        raw.limits.header_read_timeout = Duration::from_millis(300);
+        raw.limits.idle_timeout = Duration::from_secs(5);
+        edit(&mut raw);
+        let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(serve(listener, app.clone(), None, async {
+            let _ = rx.await;
+        }));
+        Running {
+            addr,
+            app,
+            stop: Some(tx),
+            done,
+        }
+    }
+
+    /// Sends `raw` and reads until the peer closes; (bytes, how long it took).
+    async fn exchange(addr: SocketAddr, raw: &[u8]) -> (Vec<u8>, Duration) {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the server never closed the connection");
+        (out, started.elapsed())
+    }
+
+    fn status(response: &[u8]) -> String {
+        String::from_utf8_lossy(response)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn healthz(addr: SocketAddr) -> String {
+        let (out, _) = exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: gate\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        status(&out)
+    }
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off_while_others_are_served() {
+        let gate = start("http://127.0.0.1:9", |_| {}).await;
+        let slow = tokio::spawn(exchange(
+            gate.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: gate\r\n",
+        ));
+        for _ in 0..5 {
+            assert_eq!(healthz(gate.addr).await, "HTTP/1.1 200 OK");
+        }
+        let (out, took) = slow.await.unwrap();
+        assert!(!status(&out).contains("200"), "{out:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed() {
+        let gate = start("http://127.0.0.1:9", |raw| {
+            raw.limits.idle_timeout = Duration::from_millis(400);
+            raw.limits.header_read_timeout = Duration::from_secs(5);
+        })
+        .await;
+        // Silent from the start.
+        let (out, took) = exchange(gate.addr, b"").await;
+        assert!(out.is_empty());
+        assert!(took >= Duration::from_millis(350), "{took:?}");
+        // Idle after a keep-alive request.
+        let (out, took) = exchange(gate.addr, b"GET /healthz HTTP/1.1\r\nHost: gate\r\n\r\n").await;
+        assert_eq!(status(&out), "HTTP/1.1 200 OK");
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_are_refused() {
+        let gate = start("http://127.0.0.1:9", |raw| {
+            raw.limits.max_header_bytes = 16 * 1024;
+            raw.limits.max_headers = 20;
+        })
+        .await;
+        let big = format!(
+            "GET /healthz HTTP/1.1\r\nHost: gate\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        );
+        let (out, _) = exchange(gate.addr, big.as_bytes()).await;
+        assert!(status(&out).contains("431"), "{}", status(&out));
+        let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: gate\r\n{many}\r\n");
+        let (out, _) = exchange(gate.addr, req.as_bytes()).await;
+        assert!(status(&out).contains("431"), "{}", status(&out));
+        assert_eq!(healthz(gate.addr).await, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait() {
+        let gate = start("http://127.0.0.1:9", |raw| {
+            raw.limits.max_connections = 2;
+            raw.limits.header_read_timeout = Duration::from_secs(5);
+        })
+        .await;
+        let first = TcpStream::connect(gate.addr).await.unwrap();
+        let _second = TcpStream::connect(gate.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = tokio::spawn(healthz(gate.addr));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!third.is_finished(), "a third connection was served");
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("served once a slot was free")
+            .unwrap();
+        assert_eq!(got, "HTTP/1.1 200 OK");
+    }
+
+    /// An upstream that answers every request with `len` bytes, slowly.
+    async fn slow_upstream(len: usize, chunks: usize, pause: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..chunks {
+                        tokio::time::sleep(pause).await;
+                        if s.write_all(&vec![b'x'; len / chunks]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn pull_token(app: &App) -> String {
+        let identity = Identity {
+            account: "alice".into(),
+            backend: crate::authn::Backend::Static,
+            labels: Default::default(),
+        };
+        app.issuer
+            .issue(&identity, &[Scope::repository("a", [Action::Pull])])
+            .unwrap()
+            .token
+    }
+
+    #[tokio::test]
+    async fn shutdown_refuses_new_connections_and_finishes_transfers() {
+        let upstream = slow_upstream(40_000, 8, Duration::from_millis(100)).await;
+        let mut gate = start(&format!("http://{upstream}"), |raw| {
+            raw.limits.shutdown_timeout = Duration::from_secs(10);
+        })
+        .await;
+        let token = pull_token(&gate.app);
+        let mut s = TcpStream::connect(gate.addr).await.unwrap();
+        let req = format!(
+            "GET /v2/a/blobs/{DIGEST} HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 64];
+        let n = s.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+
+        let _ = gate.stop.take().unwrap().send(());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            TcpStream::connect(gate.addr).await.is_err(),
+            "new connections are refused while draining"
+        );
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        let mut whole = first[..n].to_vec();
+        whole.extend(rest);
+        let body_at = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(whole.len() - body_at, 40_000);
+        tokio::time::timeout(Duration::from_secs(5), &mut gate.done)
+            .await
+            .expect("serve returns once drained")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_after_its_deadline() {
+        let upstream = slow_upstream(1000, 10, Duration::from_secs(1)).await;
+        let mut gate = start(&format!("http://{upstream}"), |raw| {
+            raw.limits.shutdown_timeout = Duration::from_millis(300);
+        })
+        .await;
+        let token = pull_token(&gate.app);
+        let mut s = TcpStream::connect(gate.addr).await.unwrap();
+        let req = format!(
+            "GET /v2/a/blobs/{DIGEST} HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 16];
+        let _ = s.read(&mut first).await.unwrap();
+        let started = Instant::now();
+        let _ = gate.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), &mut gate.done)
+            .await
+            .expect("serve returns at the deadline")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -555,4 +555,169 @@ mod tests {
         );
         assert_eq!(h[header::LINK], "</v2/_catalog?last=a&n=1>; rel=\"next\"");
     }
+
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn chunks(parts: Vec<&'static [u8]>) -> Body {
+        let stream = futures_util::stream::iter(parts)
+            .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p))));
+        body::stream(StreamBody::new(stream))
+    }
+
+    /// A body fed through a channel, for bodies that take their time.
+    fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (tx, body::stream(StreamBody::new(stream)))
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_stalls_but_a_slow_one_does_not() {
+        let (tx, slow) = channel_body();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        let got = Stall::new(slow, Duration::from_millis(200))
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&got[..], b"xxxxx");
+        feeder.await.unwrap();
+
+        let (_tx, silent) = channel_body();
+        let started = std::time::Instant::now();
+        let err = Stall::new(silent, Duration::from_millis(200))
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(190));
+    }
+
+    #[tokio::test]
+    async fn capped_bodies_stop_past_the_limit() {
+        let over = Arc::new(AtomicBool::new(false));
+        let ok = Capped::new(chunks(vec![b"12345", b"67890"]), 10, over.clone());
+        assert_eq!(&ok.collect().await.unwrap().to_bytes()[..], b"1234567890");
+        assert!(!over.load(Ordering::SeqCst));
+        let big = Capped::new(chunks(vec![b"12345", b"67890", b"x"]), 10, over.clone());
+        assert!(big.collect().await.is_err());
+        assert!(over.load(Ordering::SeqCst));
+    }
+
+    /// An upstream that reads one request (head and `Content-Length` body)
+    /// after `delay`, then answers 201; or never answers when `delay` is None.
+    async fn fake_upstream(delay: Option<Duration>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let Some(delay) = delay else {
+                // Read everything, answer nothing.
+                while s.read(&mut chunk).await.unwrap_or(0) > 0 {}
+                return;
+            };
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    return;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        });
+        addr
+    }
+
+    fn short_timeouts(addr: std::net::SocketAddr) -> Upstream {
+        let mut u = Upstream::new(
+            &format!("http://{addr}"),
+            &addr.to_string().parse().unwrap(),
+            Duration::from_secs(1),
+        );
+        u.response_header_timeout = Duration::from_millis(300);
+        u
+    }
+
+    #[tokio::test]
+    async fn the_response_timeout_starts_after_the_request_body() {
+        let u = short_timeouts(fake_upstream(Some(Duration::from_millis(100))).await);
+        // A body that takes three times the response timeout to send.
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for _ in 0..9 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+            }
+        });
+        let mut req = Request::new(body);
+        *req.method_mut() = Method::PATCH;
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("90"));
+        let resp = u
+            .send(req, "/v2/a/blobs/uploads/u", &origin())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_times_out() {
+        let u = short_timeouts(fake_upstream(None).await);
+        let started = std::time::Instant::now();
+        let err = u.get("/v2/", &origin()).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_refusing_upstream_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = short_timeouts(addr)
+            .get("/v2/", &origin())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Unreachable(_)), "{err}");
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        assert_eq!(declared_length(&h), Some(42));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("x"));
+        assert_eq!(declared_length(&h), None);
+    }
 }

@@ -77,6 +77,45 @@ fn errors_name_the_key() {
             "acl.0.match.acount",
         ),
         ("bogus = 1", "bogus"),
+        (
+            "[limits]\nheader_read_timeout = \"0s\"",
+            "limits.header_read_timeout",
+        ),
+        ("[limits]\nidle_timeout = \"0s\"", "limits.idle_timeout"),
+        (
+            "[limits]\nmax_header_bytes = 100",
+            "limits.max_header_bytes",
+        ),
+        ("[limits]\nmax_headers = 0", "limits.max_headers"),
+        (
+            "[limits]\nmax_manifest_bytes = 10",
+            "limits.max_manifest_bytes",
+        ),
+        ("[limits]\nmax_connections = 0", "limits.max_connections"),
+        (
+            "[limits]\nbody_stall_timeout = \"0s\"",
+            "limits.body_stall_timeout",
+        ),
+        ("[limits]\nheader_timeout = \"1s\"", "limits.header_timeout"),
+        ("[ratelimit]\nbackoff = \"0s\"", "ratelimit.backoff"),
+        (
+            "[ratelimit]\nbackoff = \"10s\"\nmax_backoff = \"1s\"",
+            "ratelimit.max_backoff",
+        ),
+        ("[ratelimit]\ncapacity = 0", "ratelimit.capacity"),
+        ("[ratelimit]\nfailures = 3", "ratelimit.failures"),
+        (
+            "[upstream]\nconnect_timeout = \"0s\"",
+            "upstream.connect_timeout",
+        ),
+        (
+            "[upstream]\nresponse_header_timeout = \"soon\"",
+            "upstream.response_header_timeout",
+        ),
+        (
+            "[server.tls]\ncert = \"c\"\nkey = \"k\"\nreload_interval = \"1ms\"",
+            "server.tls.reload_interval",
+        ),
     ];
     for (text, key) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -101,4 +140,36 @@ fn recognises_bcrypt_hashes() {
     assert_eq!(resolve::bcrypt_cost("$2y$10$short"), None);
     assert_eq!(resolve::bcrypt_cost("badmin"), None);
     assert_eq!(resolve::bcrypt_cost(&HASH.replace("$10$", "$99$")), None);
+}
+
+#[test]
+fn hardening_defaults_and_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gate.toml", "");
+    let cfg = load(&path, true).unwrap();
+    let l = &cfg.limits;
+    assert_eq!(l.max_manifest_bytes, 4 * 1024 * 1024);
+    assert_eq!(l.header_read_timeout.as_secs(), 20);
+    assert_eq!(l.max_connections, 1024);
+    assert!(cfg.ratelimit.enabled);
+    assert_eq!(cfg.ratelimit.failures_per_account, 5);
+    assert_eq!(cfg.upstream.connect_timeout.as_secs(), 5);
+    assert!(cfg.token.previous_keys.is_empty());
+
+    let path = write(
+        &dir,
+        "other.toml",
+        "[limits]\nheader_read_timeout = \"2s\"\nmax_connections = 10\n\
+         [ratelimit]\nenabled = false\n\
+         [token]\nprevious_keys = [\"old.pem\"]\n\
+         [server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    let cfg = load(&path, true).unwrap();
+    assert_eq!(cfg.limits.header_read_timeout.as_secs(), 2);
+    assert_eq!(cfg.limits.max_connections, 10);
+    // Keys not given keep their defaults.
+    assert_eq!(cfg.limits.idle_timeout.as_secs(), 90);
+    assert!(!cfg.ratelimit.enabled);
+    assert_eq!(cfg.token.previous_keys, vec![PathBuf::from("old.pem")]);
+    assert_eq!(cfg.server.tls.unwrap().reload_interval.as_secs(), 10);
 }

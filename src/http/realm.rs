@@ -349,4 +349,49 @@ mod tests {
         assert!(matches!(tr.credentials, Credentials::Password { .. }));
         assert!(parse_get("scope=nonsense", &HeaderMap::new()).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Any header value: no panic; what is accepted names a plain
+            /// account (no `:`, no control character, at most 256 bytes).
+            #[test]
+            fn any_header_is_safe(raw in prop::collection::vec(any::<u8>(), 0..300), prefix in prop::sample::select(vec!["Basic ", "basic ", "BASIC  ", "Bearer ", ""])) {
+                let mut bytes = prefix.as_bytes().to_vec();
+                bytes.extend(raw);
+                let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+                if let Ok((account, _)) = parse_basic(&value) {
+                    prop_assert!(!account.is_empty() && account.len() <= 256);
+                    prop_assert!(!account.contains(':') && !account.chars().any(char::is_control));
+                }
+            }
+
+            /// Encoded credentials come back exactly: the account ends at the
+            /// first colon, the password keeps every later one.
+            #[test]
+            fn credentials_round_trip(account in "[^:\\p{Cc}]{1,64}", password in "\\PC{0,64}") {
+                let (a, p) = parse_basic(&basic(&format!("{account}:{password}"))).unwrap();
+                prop_assert_eq!(a, account);
+                prop_assert_eq!(p.expose(), password.as_str());
+            }
+
+            /// Base64 of anything: accepted only when it holds `account:...`
+            /// with a plain account, and then split at the first colon.
+            #[test]
+            fn decoded_payloads_split_at_the_first_colon(payload in prop::collection::vec(any::<u8>(), 0..100)) {
+                let value = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(&payload))).unwrap();
+                match (parse_basic(&value), String::from_utf8(payload)) {
+                    (Ok((a, p)), Ok(text)) => {
+                        prop_assert_eq!(format!("{}:{}", a, p.expose()), text);
+                    }
+                    (Ok(_), Err(_)) => prop_assert!(false, "invalid UTF-8 accepted"),
+                    (Err(_), _) => {}
+                }
+            }
+        }
+    }
 }

@@ -204,3 +204,112 @@ fn verifies_rs256() {
             .is_ok()
     );
 }
+
+#[test]
+fn previous_keys_verify_tokens_of_a_rotated_key() {
+    let old = Arc::new(SigningKey::ephemeral().unwrap());
+    let new = Arc::new(SigningKey::ephemeral().unwrap());
+    let old_issuer = Issuer::new(
+        old.clone(),
+        "gate",
+        "svc",
+        Duration::from_secs(300),
+        Duration::from_secs(3600),
+    );
+    let old_token = old_issuer.issue(&alice(), &[]).unwrap().token;
+    let old_refresh = old_issuer.issue_refresh(&alice()).unwrap();
+    // The new instance: signs with `new`, still accepts `old`.
+    let rotated = Verifier::new(
+        vec![new.verifying(), old.verifying()],
+        "gate",
+        "svc",
+        Duration::from_secs(300),
+    );
+    assert!(rotated.verify_access(&old_token).is_ok());
+    assert!(rotated.verify_refresh(&old_refresh).is_ok());
+    // Without the previous key: refused.
+    let strict = Verifier::new(
+        vec![new.verifying()],
+        "gate",
+        "svc",
+        Duration::from_secs(300),
+    );
+    assert_eq!(
+        strict.verify_access(&old_token),
+        Err(TokenError::UnknownKey)
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fixture() -> &'static (Issuer, Verifier, String, String) {
+        static FIXTURE: std::sync::OnceLock<(Issuer, Verifier, String, String)> =
+            std::sync::OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let (_, issuer, verifier) = setup();
+            let granted = [Scope::repository("a", [Action::Pull])];
+            let access = issuer.issue(&alice(), &granted).unwrap().token;
+            let refresh = issuer.issue_refresh(&alice()).unwrap();
+            (issuer, verifier, access, refresh)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Arbitrary text is never a token, and never panics the verifier.
+        #[test]
+        fn garbage_never_verifies(s in prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}",
+            "eyJ[A-Za-z0-9_-]{0,60}\\.eyJ[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_=-]{0,90}",
+        ]) {
+            let (_, verifier, _, _) = fixture();
+            prop_assert!(verifier.verify_access(&s).is_err());
+            prop_assert!(verifier.verify_refresh(&s).is_err());
+        }
+
+    }
+
+    proptest! {
+        // ES256 verification is slow in debug builds: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A valid token with any one character changed, inserted or
+        /// removed is refused, or (a no-op edit) verifies to the very same
+        /// claims: no edit widens what a token grants.
+        #[test]
+        fn edited_tokens_grant_nothing_new(
+            pos in any::<prop::sample::Index>(),
+            c in prop::sample::select(b"AQgw_-.=+/ aZ09".to_vec()),
+            edit in 0u8..3,
+            which in any::<bool>(),
+        ) {
+            let (_, verifier, access, refresh) = fixture();
+            let original = if which { access } else { refresh };
+            let mut bytes = original.as_bytes().to_vec();
+            let i = pos.index(bytes.len());
+            match edit {
+                0 => bytes[i] = c,
+                1 => bytes.insert(i, c),
+                _ => { bytes.remove(i); }
+            }
+            let edited = String::from_utf8(bytes).unwrap();
+            if which {
+                let want = verifier.verify_access(original).unwrap();
+                if let Ok(got) = verifier.verify_access(&edited) {
+                    prop_assert_eq!(got, want);
+                }
+                prop_assert!(verifier.verify_refresh(&edited).is_err());
+            } else {
+                let want = verifier.verify_refresh(original).unwrap();
+                if let Ok(got) = verifier.verify_refresh(&edited) {
+                    prop_assert_eq!(got, want);
+                }
+                prop_assert!(verifier.verify_access(&edited).is_err());
+            }
+        }
+    }
+}
