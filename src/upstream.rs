@@ -155,7 +155,13 @@ impl Upstream {
         let over = Arc::new(AtomicBool::new(false));
         let body = if manifest_put {
             let max = self.max_manifest_bytes;
-            if declared_length(&parts.headers).is_some_and(|n| n > max) {
+            if let Some(declared) = declared_length(&parts.headers).filter(|n| *n > max) {
+                // A moderately oversized body is read and dropped first, so
+                // that a client still sending it reads our answer rather
+                // than a connection reset.
+                if declared <= max.saturating_mul(2) {
+                    drain(incoming, declared).await;
+                }
                 return Err(UpstreamError::ManifestTooLarge(max));
             }
             body::stream(Capped::new(incoming, max, over.clone()))
@@ -370,8 +376,31 @@ where
     }
 }
 
+/// How long a refused body is read on at most, to answer cleanly.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops up to `budget` bytes of `body`, for at most `DRAIN_TIME`.
+async fn drain<B>(mut body: B, budget: u64)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > budget {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A body cut off with an error once more than `max` bytes passed; `over`
 /// records that it happened (the error itself reaches the upstream, not us).
+/// Past the limit it reads and drops up to `max` more bytes (a client still
+/// sending then reads the refusal instead of a reset) before failing.
 struct Capped<B> {
     inner: B,
     max: u64,
@@ -402,13 +431,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(data) = f.data_ref()
-        {
-            this.seen = this.seen.saturating_add(data.len() as u64);
-            if this.seen > this.max {
-                this.over.store(true, Ordering::SeqCst);
+        loop {
+            let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            if let Some(Ok(f)) = &frame
+                && let Some(data) = f.data_ref()
+            {
+                this.seen = this.seen.saturating_add(data.len() as u64);
+            }
+            if this.seen <= this.max {
+                return Poll::Ready(frame);
+            }
+            this.over.store(true, Ordering::SeqCst);
+            let drained = matches!(frame, None | Some(Err(_)));
+            if drained || this.seen > this.max.saturating_mul(2) {
                 return Poll::Ready(Some(Err(format!(
                     "manifest larger than {} bytes",
                     this.max
@@ -416,7 +451,6 @@ where
                 .into())));
             }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

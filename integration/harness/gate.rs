@@ -102,6 +102,21 @@ impl Gate {
         self.daemon.pid()
     }
 
+    /// Sends SIGTERM to the gate (by PID) and returns at once.
+    pub fn sigterm(&mut self) {
+        self.daemon.sigterm();
+    }
+
+    /// Waits up to `timeout` for the gate to exit; its status if it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.daemon.wait_exit(timeout).await
+    }
+
+    /// The gate's own temp dir (config, log; tests may put files there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn log(&self) -> String {
         self.daemon.log()
     }

@@ -284,6 +284,29 @@ pub async fn raw_send(
     })
 }
 
+/// Sends `request` byte for byte (the caller writes every header, and
+/// `Connection: close`) and reads the whole answer.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let shown = String::from_utf8_lossy(&request[..request.len().min(200)]).into_owned();
+    let buf = tokio::time::timeout(Duration::from_secs(15), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{shown}: no complete answer within 15 s"))
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    parse_response(&buf).unwrap_or_else(|| {
+        panic!(
+            "{shown}: unparsable answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        )
+    })
+}
+
 fn parse_response(buf: &[u8]) -> Option<RawResponse> {
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..split]).ok()?;

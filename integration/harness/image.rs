@@ -39,7 +39,12 @@ impl OciImage {
     /// A fresh image whose single layer holds a few KB of random bytes, so
     /// every call gives distinct digests.
     pub fn generate() -> Self {
-        let mut content = vec![0u8; 4096];
+        Self::generate_sized(4096)
+    }
+
+    /// A fresh image whose layer holds `size` random bytes.
+    pub fn generate_sized(size: usize) -> Self {
+        let mut content = vec![0u8; size];
         rand::rng().fill_bytes(&mut content);
         let tar = tar_one_file("random.bin", &content);
         let layer = gzip_stored(&tar);
@@ -196,16 +201,26 @@ pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
 }
 
 fn crc32(data: &[u8]) -> u32 {
+    // Table-driven: large layers are checksummed in unoptimized test builds.
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = [0u32; 256];
+        for (i, entry) in table.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xedb8_8320
+                } else {
+                    c >> 1
+                };
+            }
+            *entry = c;
+        }
+        table
+    });
     let mut crc = !0u32;
     for byte in data {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
+        crc = table[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8);
     }
     !crc
 }

@@ -79,8 +79,61 @@ impl Daemon {
         }
     }
 
+    /// Like [`Self::spawn`], but appends to `log_path` (a restart keeps
+    /// the earlier log).
+    pub fn spawn_appending(name: &str, mut cmd: Command, log_path: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open log file");
+        let err = log.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills exactly this process (SIGKILL by PID) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM to exactly this process (by PID) and returns at once;
+    /// see [`Self::wait_exit`].
+    pub fn sigterm(&mut self) {
+        assert!(self.exited().is_none(), "{} is not running", self.name);
+        let pid = i32::try_from(self.pid()).expect("pid");
+        // SAFETY: kill(2) on the PID of our own unreaped child: the PID
+        // cannot have been reused by another process yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill -TERM {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The exit status if the process has already stopped.
@@ -231,6 +284,24 @@ pub fn unmount_under(dir: &Path) {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// How many file descriptors the process has open (sockets included).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+}
+
+/// The process's resident memory in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// A fresh upstream registry and a gate in front of it.

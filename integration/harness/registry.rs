@@ -51,6 +51,30 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 
+    /// Kills the registry (SIGKILL, by PID), as a crash would.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Starts the registry again on the same address and storage, after
+    /// [`Self::kill`]; its log goes on in the same file.
+    pub async fn restart(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .current_dir(self.dir.path());
+        scrub_env(&mut cmd);
+        self.daemon = Daemon::spawn_appending(
+            "docker-registry",
+            cmd,
+            &self.dir.path().join("registry.log"),
+        );
+        let url = format!("http://{}/v2/", self.addr);
+        if let Err(e) = self.daemon.wait_ready(&url, Duration::from_secs(15)).await {
+            panic!("docker-registry did not restart: {e}\n{}", self.log());
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
     }
@@ -75,6 +99,13 @@ impl Registry {
     /// Pushes a fresh generated image straight to this registry (no gate).
     pub async fn seed(&self, repo: &str, tag: &str) -> OciImage {
         let image = OciImage::generate();
+        push_http(&http::client(), &self.url(), repo, tag, None, &image).await;
+        image
+    }
+
+    /// Like [`Self::seed`], with a layer of `size` random bytes.
+    pub async fn seed_sized(&self, repo: &str, tag: &str, size: usize) -> OciImage {
+        let image = OciImage::generate_sized(size);
         push_http(&http::client(), &self.url(), repo, tag, None, &image).await;
         image
     }

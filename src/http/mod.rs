@@ -60,6 +60,14 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
             "absolute-form request targets are not served",
         ));
     }
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host.
+    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return Err(ApiError::detail(
+            ErrorCode::BadRequest,
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
     let path = req.uri().path();
     if path == "/auth" {
         return realm::handle(app, req, conn).await;
