@@ -211,7 +211,7 @@ async fn hostile_requests_never_reach_upstream() {
     }
     for method in ["TRACE", "OPTIONS", "PROPFIND", "CONNECT"] {
         cases.push((
-            format!("{method}"),
+            method.to_string(),
             format!(
                 "{method} /v2/a/tags/list HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
             ),

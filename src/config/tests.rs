@@ -173,3 +173,63 @@ fn hardening_defaults_and_overrides() {
     assert_eq!(cfg.token.previous_keys, vec![PathBuf::from("old.pem")]);
     assert_eq!(cfg.server.tls.unwrap().reload_interval.as_secs(), 10);
 }
+
+/// config/reference.toml, uncommented (`#key = value` and `#[table]` lines),
+/// is a valid configuration, names every key the built-in defaults have,
+/// and shows exactly those defaults.
+#[test]
+fn the_reference_documents_every_key_and_default() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/reference.toml")).unwrap();
+    let settings: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.starts_with('[') || l.starts_with(|c: char| c.is_ascii_lowercase()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "reference.toml", &settings.join("\n"));
+    // Relative paths in it (config/ldap_password.txt) are the repository's.
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(cwd, root, "tests run from the crate root");
+    let documented = load(&path, true).unwrap_or_else(|e| panic!("{e}"));
+    let documented = toml::Value::try_from(&documented.raw).unwrap();
+    let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+    fn compare(path: &str, default: &toml::Value, documented: Option<&toml::Value>) {
+        let Some(documented) = documented else {
+            panic!("config/reference.toml does not document {path}");
+        };
+        match default {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    compare(&key, v, documented.get(k));
+                }
+            }
+            // Example users and rules are documented; the defaults have none.
+            toml::Value::Array(a) if a.is_empty() => {}
+            v => assert_eq!(v, documented, "config/reference.toml: default of {path}"),
+        }
+    }
+    compare("", &defaults, Some(&documented));
+    // The optional tables are documented too.
+    for key in [
+        "server.public_url",
+        "server.tls",
+        "token.key",
+        "token.previous_keys",
+        "ldap",
+        "users",
+        "acl",
+    ] {
+        let mut v = &documented;
+        for part in key.split('.') {
+            v = v
+                .get(part)
+                .unwrap_or_else(|| panic!("{key} not documented"));
+        }
+    }
+}
