@@ -28,6 +28,8 @@ pub struct App {
     pub issuer: Issuer,
     pub verifier: Verifier,
     pub upstream: Upstream,
+    /// The web UI's sessions and caches.
+    pub ui: crate::ui::UiState,
     /// Where the signing key came from, for the startup line.
     pub key_source: String,
     pub key_id: String,
@@ -91,6 +93,7 @@ impl App {
             issuer,
             verifier,
             upstream,
+            ui: crate::ui::UiState::default(),
             key_source,
             key_id: key.kid.clone(),
             readiness: ReadinessCache::default(),

@@ -15,4 +15,5 @@ pub mod scope;
 pub mod secret;
 pub mod server;
 pub mod token;
+pub mod ui;
 pub mod upstream;
