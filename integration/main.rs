@@ -11,3 +11,4 @@ mod core;
 mod ldap;
 mod ldap_backend;
 mod operations;
+mod ui;

@@ -167,8 +167,8 @@ impl Upstream {
         let mut req = Request::new(body::empty());
         *req.method_mut() = method;
         if let Some(accept) = accept {
-            let v = HeaderValue::from_str(accept)
-                .map_err(|e| UpstreamError::Request(e.to_string()))?;
+            let v =
+                HeaderValue::from_str(accept).map_err(|e| UpstreamError::Request(e.to_string()))?;
             req.headers_mut().insert(header::ACCEPT, v);
         }
         self.send(req, path_and_query, origin).await

@@ -39,7 +39,10 @@ static VERSION: LazyLock<String> = LazyLock::new(|| {
         h.update(a.name.as_bytes());
         h.update(a.bytes);
     }
-    h.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 });
 
 /// The URL of asset `name`, with the version for cache busting.
@@ -92,7 +95,10 @@ mod tests {
     fn assets_are_served_with_types_and_etags() {
         let resp = serve("app.css", &Method::GET, &HeaderMap::new()).unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/css; charset=utf-8");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/css; charset=utf-8"
+        );
         let etag = resp.headers()[header::ETAG].clone();
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, etag);

@@ -183,7 +183,11 @@ impl Ctx<'_> {
 
 /// Serves `/`, `/ui` and `/ui/...`. Never fails: errors are pages.
 /// Returns the response and the account for the access log.
-pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> (Response<Body>, Option<String>) {
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    conn: Conn,
+) -> (Response<Body>, Option<String>) {
     let path = req.uri().path().to_owned();
     if path == "/" || path == "/ui" {
         return (redirect("/ui/"), None);
@@ -245,9 +249,7 @@ async fn route(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bod
                 None => (r.trim_end_matches('/'), ""),
             };
             if !access::is_valid_name(name) {
-                return Err(UiError::NotFound(
-                    "That is not a repository name.".into(),
-                ));
+                return Err(UiError::NotFound("That is not a repository name.".into()));
             }
             match (sub, read) {
                 ("", true) => repository(ctx, name, &query).await,
@@ -296,7 +298,11 @@ async fn repositories(ctx: &mut Ctx<'_>, query: &Query) -> Result<Response<Body>
     render(StatusCode::OK, &page_view)
 }
 
-async fn repository(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Response<Body>, UiError> {
+async fn repository(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    query: &Query,
+) -> Result<Response<Body>, UiError> {
     let g = ctx.granted(name)?;
     let (tags, truncated) = registry::tags(ctx.app, &g, &ctx.origin).await?;
     let by_name = tags.len() > MAX_DETAILED_TAGS;
@@ -308,7 +314,8 @@ async fn repository(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Resp
     } else {
         let mut all = registry::tag_infos(ctx.app, &g, &tags, &ctx.origin).await;
         all.sort_by(|a, b| {
-            let key = |i: &registry::TagInfo| i.summary.created.as_deref().map_or(0, registry::sort_key);
+            let key =
+                |i: &registry::TagInfo| i.summary.created.as_deref().map_or(0, registry::sort_key);
             key(b).cmp(&key(a)).then_with(|| a.tag.cmp(&b.tag))
         });
         all.drain(start..end).collect()
@@ -318,7 +325,11 @@ async fn repository(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Resp
         .into_iter()
         .map(|i| views::TagRow {
             pull: format!("{host}/{name}:{}", i.tag),
-            short: i.digest.as_deref().map(views::short_digest).unwrap_or_default(),
+            short: i
+                .digest
+                .as_deref()
+                .map(views::short_digest)
+                .unwrap_or_default(),
             digest: i.digest.clone().unwrap_or_default(),
             index: i.summary.index,
             size: if i.digest.is_some() {
@@ -345,18 +356,33 @@ async fn repository(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Resp
     render(StatusCode::OK, &page_view)
 }
 
-async fn manifest_page(ctx: &mut Ctx<'_>, name: &str, reference: &str) -> Result<Response<Body>, UiError> {
+async fn manifest_page(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    reference: &str,
+) -> Result<Response<Body>, UiError> {
     let g = ctx.granted(name)?;
     let is_tag = !reference.contains(':');
     let m = registry::manifest(ctx.app, &g, reference, &ctx.origin)
         .await?
-        .ok_or_else(|| UiError::NotFound(format!("{name} has no {} {reference}.", if is_tag { "tag" } else { "manifest" })))?;
+        .ok_or_else(|| {
+            UiError::NotFound(format!(
+                "{name} has no {} {reference}.",
+                if is_tag { "tag" } else { "manifest" }
+            ))
+        })?;
     let (tags, _) = registry::tags(ctx.app, &g, &ctx.origin).await?;
-    let children = m
+    let details = if m.is_index() {
+        registry::children(ctx.app, &g, &m.doc.manifests, &ctx.origin).await
+    } else {
+        Vec::new()
+    };
+    let children: Vec<views::ChildRow> = m
         .doc
         .manifests
         .iter()
-        .map(|d| views::ChildRow {
+        .zip(details.iter())
+        .map(|(d, detail)| views::ChildRow {
             platform: d
                 .platform
                 .as_ref()
@@ -370,10 +396,19 @@ async fn manifest_page(ctx: &mut Ctx<'_>, name: &str, reference: &str) -> Result
                 .unwrap_or_else(|| "—".into()),
             short: views::short_digest(&d.digest),
             digest: d.digest.clone(),
-            size: views::human_size(d.size),
+            size: detail
+                .as_ref()
+                .map(|(size, _)| views::human_size(*size))
+                .unwrap_or_default(),
+            created: detail.as_ref().and_then(|(_, c)| views::date(c.as_deref())),
             media_type: d.media_type.clone(),
         })
         .collect();
+    let compressed = if m.is_index() {
+        details.iter().flatten().map(|(size, _)| size).sum()
+    } else {
+        m.image_size()
+    };
     let image = if m.is_index() {
         None
     } else {
@@ -383,7 +418,10 @@ async fn manifest_page(ctx: &mut Ctx<'_>, name: &str, reference: &str) -> Result
                 .map_err(|e| e.text().1),
             None => Err("the manifest names no config".into()),
         };
-        Some(views::ImageView::new(&m, config.as_deref().map_err(Clone::clone)))
+        Some(views::ImageView::new(
+            &m,
+            config.as_deref().map_err(Clone::clone),
+        ))
     };
     let referrers = registry::referrers(ctx.app, &g, &m.digest, &tags, &ctx.origin)
         .await
@@ -406,6 +444,7 @@ async fn manifest_page(ctx: &mut Ctx<'_>, name: &str, reference: &str) -> Result
         digest: m.digest.clone(),
         media_type: m.media_type.clone(),
         size: views::human_size(m.size),
+        compressed: views::human_size(compressed),
         pull,
         may_delete: g.may_delete(),
         annotations: m.doc.annotations.clone().into_iter().collect(),
@@ -438,7 +477,11 @@ async fn tags_at(ctx: &Ctx<'_>, g: &Granted, digest: &str) -> Result<(Vec<String
     Ok((at, complete))
 }
 
-async fn delete_page(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Response<Body>, UiError> {
+async fn delete_page(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    query: &Query,
+) -> Result<Response<Body>, UiError> {
     let g = ctx.granted(name)?;
     if !g.may_delete() {
         return Err(UiError::Forbidden(format!("You may not delete in {name}.")));
@@ -446,7 +489,9 @@ async fn delete_page(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Res
     let reference = query.get("reference").to_owned();
     let is_tag = !reference.contains(':');
     if !(access::is_valid_tag(&reference) || access::is_valid_digest(&reference)) {
-        return Err(UiError::BadRequest("Name a tag or a digest to delete.".into()));
+        return Err(UiError::BadRequest(
+            "Name a tag or a digest to delete.".into(),
+        ));
     }
     let m = registry::manifest(ctx.app, &g, &reference, &ctx.origin)
         .await?
@@ -467,7 +512,11 @@ async fn delete_page(ctx: &mut Ctx<'_>, name: &str, query: &Query) -> Result<Res
     render(StatusCode::OK, &page_view)
 }
 
-async fn delete_post(ctx: &mut Ctx<'_>, name: &str, req: Request<Incoming>) -> Result<Response<Body>, UiError> {
+async fn delete_post(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, UiError> {
     let headers = req.headers().clone();
     let form = read_form(req).await?;
     session::check_csrf(&ctx.viewer, form.opt("csrf"), &headers, &ctx.base)?;
@@ -482,11 +531,20 @@ async fn delete_post(ctx: &mut Ctx<'_>, name: &str, req: Request<Incoming>) -> R
     if !(access::is_valid_tag(&reference) || access::is_valid_digest(&reference))
         || !access::is_valid_digest(&expected)
     {
-        return Err(UiError::BadRequest("Name a tag or a digest to delete.".into()));
+        return Err(UiError::BadRequest(
+            "Name a tag or a digest to delete.".into(),
+        ));
     }
     let back = vec![(format!("/ui/r/{name}"), format!("Back to {name}"))];
     let Some(current) = registry::manifest(ctx.app, &g, &reference, &ctx.origin).await? else {
-        return Ok(message(ctx, StatusCode::NOT_FOUND, "Already gone", format!("{name} has no {reference} (any more)."), true, back));
+        return Ok(message(
+            ctx,
+            StatusCode::NOT_FOUND,
+            "Already gone",
+            format!("{name} has no {reference} (any more)."),
+            true,
+            back,
+        ));
     };
     if current.digest != expected {
         return Err(UiError::Conflict(format!(
@@ -506,30 +564,53 @@ async fn delete_post(ctx: &mut Ctx<'_>, name: &str, req: Request<Incoming>) -> R
             digest = digest,
         );
     };
-    let disabled = || UiError::Conflict(
+    let disabled = || {
+        UiError::Conflict(
         "The upstream registry has deletion disabled (distribution: storage.delete.enabled is false), so nothing was deleted.".into(),
-    );
+    )
+    };
     let outcome = registry::delete(ctx.app, &g, &reference, &ctx.origin).await?;
-    let done = |ctx: &Ctx<'_>, text: String| message(ctx, StatusCode::OK, "Deleted", text, false, back.clone());
+    let done = |ctx: &Ctx<'_>, text: String| {
+        message(ctx, StatusCode::OK, "Deleted", text, false, back.clone())
+    };
     match outcome {
         Deleted::Done if is_tag => {
             audit("tag", &expected);
-            Ok(done(ctx, format!("Tag {reference} was deleted from {name}.")))
+            Ok(done(
+                ctx,
+                format!("Tag {reference} was deleted from {name}."),
+            ))
         }
         Deleted::Done => {
             audit("manifest", &expected);
-            Ok(done(ctx, format!("Manifest {reference} and its tags were deleted from {name}.")))
+            Ok(done(
+                ctx,
+                format!("Manifest {reference} and its tags were deleted from {name}."),
+            ))
         }
-        Deleted::NotFound => Ok(message(ctx, StatusCode::NOT_FOUND, "Already gone", format!("{name} has no {reference} (any more)."), true, back)),
+        Deleted::NotFound => Ok(message(
+            ctx,
+            StatusCode::NOT_FOUND,
+            "Already gone",
+            format!("{name} has no {reference} (any more)."),
+            true,
+            back,
+        )),
         Deleted::Disabled => Err(disabled()),
-        Deleted::Refused(why) if !is_tag => Err(UiError::Conflict(format!("The upstream registry refused the delete: {why}"))),
+        Deleted::Refused(why) if !is_tag => Err(UiError::Conflict(format!(
+            "The upstream registry refused the delete: {why}"
+        ))),
         Deleted::Refused(_) => {
             // The upstream deletes manifests, not tags (distribution 2.8):
             // delete the manifest only when no other tag would go with it.
             let (mut at, complete) = tags_at(ctx, &g, &expected).await?;
             at.retain(|t| *t != reference);
             if !at.is_empty() || !complete {
-                let others = if at.is_empty() { "tags that could not be checked".to_owned() } else { at.join(", ") };
+                let others = if at.is_empty() {
+                    "tags that could not be checked".to_owned()
+                } else {
+                    at.join(", ")
+                };
                 return Err(UiError::Conflict(format!(
                     "The upstream registry cannot delete a tag alone, and manifest {expected} is also used by {others}; nothing was deleted. Delete the manifest to remove all of its tags."
                 )));
@@ -537,11 +618,25 @@ async fn delete_post(ctx: &mut Ctx<'_>, name: &str, req: Request<Incoming>) -> R
             match registry::delete(ctx.app, &g, &expected, &ctx.origin).await? {
                 Deleted::Done => {
                     audit("tag", &expected);
-                    Ok(done(ctx, format!("Tag {reference} was deleted from {name} (with its manifest, which no other tag used).")))
+                    Ok(done(
+                        ctx,
+                        format!(
+                            "Tag {reference} was deleted from {name} (with its manifest, which no other tag used)."
+                        ),
+                    ))
                 }
-                Deleted::NotFound => Ok(message(ctx, StatusCode::NOT_FOUND, "Already gone", format!("{name} has no {reference} (any more)."), true, back)),
+                Deleted::NotFound => Ok(message(
+                    ctx,
+                    StatusCode::NOT_FOUND,
+                    "Already gone",
+                    format!("{name} has no {reference} (any more)."),
+                    true,
+                    back,
+                )),
                 Deleted::Disabled => Err(disabled()),
-                Deleted::Refused(why) => Err(UiError::Conflict(format!("The upstream registry refused the delete: {why}"))),
+                Deleted::Refused(why) => Err(UiError::Conflict(format!(
+                    "The upstream registry refused the delete: {why}"
+                ))),
             }
         }
     }
@@ -584,7 +679,11 @@ async fn login_post(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Respons
             ctx.viewer.identity = identity;
             Ok(redirect(&next))
         }
-        login::Outcome::BadCredentials => failed(ctx, StatusCode::UNAUTHORIZED, "Wrong user name or password."),
+        login::Outcome::BadCredentials => failed(
+            ctx,
+            StatusCode::UNAUTHORIZED,
+            "Wrong user name or password.",
+        ),
         login::Outcome::Unavailable => failed(
             ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -600,7 +699,8 @@ async fn logout(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bo
     if ctx.viewer.signed_in() {
         tracing::info!(target: "audit", event = "ui_logout", account = %ctx.viewer.identity.account, client = %ctx.conn.peer.ip());
     }
-    ctx.cookies.push(session::end(ctx.app, &ctx.viewer, ctx.conn.tls));
+    ctx.cookies
+        .push(session::end(ctx.app, &ctx.viewer, ctx.conn.tls));
     Ok(redirect("/ui/"))
 }
 
@@ -699,9 +799,15 @@ fn finish(mut resp: Response<Body>, cookies: Vec<HeaderValue>) -> Response<Body>
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     resp
 }
 
@@ -711,7 +817,10 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn opt(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn get(&self, key: &str) -> &str {
@@ -746,3 +855,5 @@ async fn read_form(req: Request<Incoming>) -> Result<Query, UiError> {
     Ok(Query(form_urlencoded::parse(&bytes).into_owned().collect()))
 }
 
+#[cfg(test)]
+mod tests;

@@ -418,7 +418,9 @@ pub async fn config(
         return Ok(c);
     }
     if !crate::access::is_valid_digest(digest) {
-        return Err(UiError::Upstream("the manifest names an invalid config digest".into()));
+        return Err(UiError::Upstream(
+            "the manifest names an invalid config digest".into(),
+        ));
     }
     let pq = format!("/v2/{}/blobs/{digest}", g.name);
     let resp = app
@@ -573,6 +575,27 @@ fn tag_info<'a>(
     })
 }
 
+/// Each index child's compressed size and creation date (`None` for a child
+/// that is not an image or could not be read; only the first `MAX_CHILDREN`
+/// are looked at).
+pub async fn children(
+    app: &App,
+    g: &Granted,
+    children: &[Descriptor],
+    origin: &Origin,
+) -> Vec<Option<(u64, Option<String>)>> {
+    let mut out = bounded(
+        children
+            .iter()
+            .take(MAX_CHILDREN)
+            .map(|d| child_size_and_date(app, g, d, origin))
+            .collect(),
+    )
+    .await;
+    out.resize(children.len(), None);
+    out
+}
+
 /// An index child's compressed size and creation date, if it is an image.
 fn child_size_and_date<'a>(
     app: &'a App,
@@ -589,7 +612,11 @@ fn child_size_and_date<'a>(
             return None;
         }
         let created = match &child.doc.config {
-            Some(c) => config(app, g, &c.digest, origin).await.ok()?.created.clone(),
+            Some(c) => config(app, g, &c.digest, origin)
+                .await
+                .ok()?
+                .created
+                .clone(),
             None => None,
         };
         Some((child.image_size(), created))
@@ -732,7 +759,13 @@ pub async fn delete(
 fn registry_error(bytes: &[u8]) -> (String, String) {
     let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     let e = &v["errors"][0];
-    let s = |k: &str| e[k].as_str().unwrap_or_default().chars().take(200).collect();
+    let s = |k: &str| {
+        e[k].as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect()
+    };
     (s("code"), s("message"))
 }
 
@@ -802,7 +835,10 @@ mod tests {
         let d = sha256_digest(b"abc");
         assert!(digest_matches(&d, b"abc"));
         assert!(!digest_matches(&d, b"abd"));
-        assert!(!digest_matches("md5:900150983cd24fb0d6963f7d28e17f72", b"abc"));
+        assert!(!digest_matches(
+            "md5:900150983cd24fb0d6963f7d28e17f72",
+            b"abc"
+        ));
         let sha512 = format!("sha512:{}", hex(&Sha512::digest(b"abc")));
         assert!(digest_matches(&sha512, b"abc"));
     }
@@ -825,8 +861,12 @@ mod tests {
             "linux/arm64/v8"
         );
         // Docker's v2 list by Content-Type.
-        let m = parse_manifest("sha256:z".into(), DOCKER_LIST, br#"{"schemaVersion":2,"manifests":[]}"#)
-            .unwrap();
+        let m = parse_manifest(
+            "sha256:z".into(),
+            DOCKER_LIST,
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
         assert!(m.is_index());
         assert!(parse_manifest("d".into(), "", b"not json").is_err());
         let schema1 = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
@@ -869,7 +909,10 @@ mod tests {
         let (code, message) = registry_error(
             br#"{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}"#,
         );
-        assert_eq!((code.as_str(), message.as_str()), ("UNSUPPORTED", "The operation is unsupported."));
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("UNSUPPORTED", "The operation is unsupported.")
+        );
         assert_eq!(registry_error(b"404 page not found").0, "");
     }
 }

@@ -138,7 +138,10 @@ pub async fn start(app: &App, identity: &Identity, tls: bool) -> Result<HeaderVa
     if identity.backend != Backend::Anonymous {
         app.ui
             .identities
-            .insert((claims.sub.clone(), claims.backend.clone()), identity.clone())
+            .insert(
+                (claims.sub.clone(), claims.backend.clone()),
+                identity.clone(),
+            )
             .await;
     }
     Ok(set_cookie(
@@ -159,8 +162,17 @@ pub fn end(app: &App, viewer: &Viewer, tls: bool) -> HeaderValue {
 }
 
 /// Checks a POST's CSRF token and where the browser says it comes from.
-pub fn check_csrf(viewer: &Viewer, submitted: Option<&str>, headers: &HeaderMap, base: &str) -> Result<(), UiError> {
-    let forged = || UiError::Forbidden("The form was stale or not sent from this site; reload the page and try again.".into());
+pub fn check_csrf(
+    viewer: &Viewer,
+    submitted: Option<&str>,
+    headers: &HeaderMap,
+    base: &str,
+) -> Result<(), UiError> {
+    let forged = || {
+        UiError::Forbidden(
+            "The form was stale or not sent from this site; reload the page and try again.".into(),
+        )
+    };
     if headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes() == b"cross-site")
@@ -193,7 +205,9 @@ fn random_token() -> String {
 
 /// 32 random bytes, base64url: what `random_token` makes.
 fn valid_random(v: &str) -> bool {
-    v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    v.len() == 43
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -248,7 +262,10 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; rg_session=tok.en.x"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; rg_session=tok.en.x"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("rg_csrf=zz"));
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("tok.en.x"));
         assert_eq!(cookie(&h, CSRF_COOKIE), Some("zz"));
@@ -261,7 +278,10 @@ mod tests {
     fn session_cookies_are_strict() {
         let c = set_cookie(SESSION_COOKIE, "abc", Some(SESSION_LIFETIME), false);
         let c = c.to_str().unwrap();
-        assert!(c.starts_with("rg_session=abc; Path=/ui; HttpOnly; SameSite=Strict"), "{c}");
+        assert!(
+            c.starts_with("rg_session=abc; Path=/ui; HttpOnly; SameSite=Strict"),
+            "{c}"
+        );
         assert!(c.contains("Max-Age=28800"), "{c}");
         assert!(!c.contains("Secure"), "{c}");
         let c = set_cookie(SESSION_COOKIE, "abc", None, true);
@@ -285,7 +305,10 @@ mod tests {
         same.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(check_csrf(&v, Some(&v.csrf), &same, base).is_ok());
         let mut other = HeaderMap::new();
-        other.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        other.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(check_csrf(&v, Some(&v.csrf), &other, base).is_err());
         let mut cross = HeaderMap::new();
         cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
