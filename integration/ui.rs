@@ -355,6 +355,14 @@ async fn ui_login_visibility_inspection_and_logout() {
         ])
     );
     b.screenshot("repositories").await;
+    // The search box narrows the list.
+    b.fill("#q", "pub").await;
+    b.click("form.search button").await;
+    b.wait_url("the search results", |u| u.contains("q=pub"))
+        .await;
+    let mut found = b.attrs("#repositories a[data-repo]", "data-repo").await;
+    found.sort();
+    assert_eq!(found, strings(&["public/hello", "public/multi"]));
 
     // The repository: newest first, digests, platforms, pull commands, delete.
     b.goto(&format!("{}/ui/r/public/hello", gate.url())).await;
