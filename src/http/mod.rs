@@ -85,9 +85,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         return Ok((errors::json_response(status, body), None));
     }
     // The web UI: a browser opening `/` is sent to `/ui/`.
-    if (path == "/" && is_get) || path == "/ui"
-        || path.starts_with("/ui/")
-    {
+    if (path == "/" && is_get) || path == "/ui" || path.starts_with("/ui/") {
         return Ok(crate::ui::handle(app, req, conn).await);
     }
     Err(ApiError::new(ErrorCode::NotFound))
