@@ -12,3 +12,4 @@ mod hardening;
 mod ldap;
 mod ldap_backend;
 mod operations;
+mod ui;

@@ -23,6 +23,9 @@ have ldapadd || missing+=(ldap-utils)
 [ -x /usr/bin/docker ] && have dockerd || missing+=(docker.io)
 have podman || missing+=(podman)
 { have containerd && have ctr; } || missing+=(containerd)
+# Web UI browser tests (integration/ui.rs): headless Chromium through chromedriver.
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "Installing: ${missing[*]}"
     # docker.io and containerd would start system services on install; the

@@ -31,6 +31,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Failed-login counters of the realm (per process).
     pub throttle: LoginThrottle,
+    /// The web UI's sessions and caches.
+    pub ui: crate::ui::UiState,
     /// Where the signing key came from, for the startup line.
     pub key_source: String,
     pub key_id: String,
@@ -91,6 +93,7 @@ impl App {
             verifier,
             upstream,
             throttle: LoginThrottle::new(config.ratelimit.clone()),
+            ui: crate::ui::UiState::default(),
             key_source,
             key_id: key.kid.clone(),
             readiness: ReadinessCache::default(),

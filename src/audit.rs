@@ -1,7 +1,8 @@
 //! The audit trail: one JSON line per decision, so an operator can answer
 //! "who pushed `team/app:1.4`, and when" with `grep` and `jq`.
 //!
-//! Events: `token_issued`, `login_failed`, `request_denied`, and
+//! Events: `token_issued`, `login_failed`, `login_throttled`, `ui_login`,
+//! `request_denied`, and
 //! `upstream_write` for every push, delete, mount and tag change that reached
 //! the upstream, with its outcome. Never a password or a token.
 //! Depends on nothing of the HTTP layer; the handlers call [`Audit::record`].
@@ -37,6 +38,20 @@ pub enum Event {
         account: String,
         client: IpAddr,
         reason: &'static str,
+    },
+    /// A login refused unchecked: too many recent failures (see `ratelimit`).
+    LoginThrottled {
+        account: String,
+        client: IpAddr,
+        /// `address` or `account`: which counter is backing off.
+        limited: &'static str,
+        retry_after_ms: u64,
+    },
+    /// A browser login to the web UI.
+    UiLogin {
+        account: String,
+        backend: &'static str,
+        client: IpAddr,
     },
     RequestDenied {
         account: String,

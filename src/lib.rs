@@ -17,4 +17,5 @@ pub mod secret;
 pub mod server;
 pub mod tls;
 pub mod token;
+pub mod ui;
 pub mod upstream;

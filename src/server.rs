@@ -475,6 +475,8 @@ mod tests {
         raw.upstream.url = upstream.to_owned();
         raw.limits.header_read_timeout = Duration::from_millis(300);
         raw.limits.idle_timeout = Duration::from_secs(5);
+        // Audit lines written straight to stdout would bypass test capture.
+        raw.audit.output = "off".into();
         edit(&mut raw);
         let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -207,6 +207,26 @@ impl Upstream {
         }
     }
 
+    /// A gate-originated request without a body (the web UI: GET, HEAD and
+    /// DELETE of manifests and blobs), with an optional `Accept`. Callers
+    /// check the ACL first; this only talks to the upstream.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        accept: Option<&str>,
+        origin: &Origin,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = method;
+        if let Some(accept) = accept {
+            let v =
+                HeaderValue::from_str(accept).map_err(|e| UpstreamError::Request(e.to_string()))?;
+            req.headers_mut().insert(header::ACCEPT, v);
+        }
+        self.send(req, path_and_query, origin).await
+    }
+
     async fn send(
         &self,
         req: Request<Body>,

@@ -1,7 +1,8 @@
 //! The HTTP edge: the only place that matches paths and builds responses.
 //!
 //! `handle` routes: `/auth` (the token realm), `/v2/...` (the registry),
-//! `/healthz`, `/readyz`. Domain modules (authn, authz, token, access) never import this.
+//! `/healthz`, `/readyz`, and the web UI (`/` redirects to `/ui/`, see
+//! [`crate::ui`]). Domain modules (authn, authz, token, access) never import this.
 
 pub mod body;
 pub mod catalog;
@@ -90,6 +91,10 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         };
         let body = serde_json::to_string(&r).unwrap_or_default();
         return Ok((errors::json_response(status, body), None));
+    }
+    // The web UI: a browser opening `/` is sent to `/ui/`.
+    if (path == "/" && is_get) || path == "/ui" || path.starts_with("/ui/") {
+        return Ok(crate::ui::handle(app, req, conn).await);
     }
     Err(ApiError::new(ErrorCode::NotFound))
 }

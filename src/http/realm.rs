@@ -174,14 +174,12 @@ async fn authenticate(
 /// being backed off; the credentials are then not even looked at.
 fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
     app.throttle.check(account, conn.peer.ip()).map_err(|t| {
-        tracing::warn!(
-            target: "audit",
-            event = "login_throttled",
-            account = account.unwrap_or(""),
-            client = %conn.peer.ip(),
-            limited = t.limited.as_str(),
-            retry_after_ms = t.retry_after.as_millis() as u64,
-        );
+        app.audit.record(Event::LoginThrottled {
+            account: account.unwrap_or("").to_owned(),
+            client: conn.peer.ip(),
+            limited: t.limited.as_str(),
+            retry_after_ms: t.retry_after.as_millis() as u64,
+        });
         ApiError::too_many_requests(t.retry_after, "too many failed logins; retry later")
     })
 }

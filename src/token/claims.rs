@@ -10,6 +10,10 @@ use crate::scope::AccessEntry;
 /// each kind refuses the other, so one can never stand in for the other.
 pub const REFRESH_USE: &str = "refresh";
 
+/// Marks a web UI session token (the `/ui/` cookie). Neither the access nor
+/// the refresh verifier accepts it, and the session verifier accepts nothing else.
+pub const SESSION_USE: &str = "session";
+
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -48,6 +52,24 @@ pub struct RefreshClaims {
     #[serde(default)]
     pub backend: String,
     /// `REFRESH_USE`; defaulted so that an access token fails as `Kind`.
+    #[serde(default)]
+    pub token_use: String,
+}
+
+/// The claims of a web UI session token: an account and the backend that
+/// vouched for it, no access. The UI asks the ACL on every request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default)]
+    pub backend: String,
+    /// `SESSION_USE`; defaulted so that other kinds fail as `Kind`.
     #[serde(default)]
     pub token_use: String,
 }

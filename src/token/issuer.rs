@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Header, encode};
 
-use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims};
+use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims, SESSION_USE, SessionClaims};
 use super::keys::SigningKey;
 use crate::authn::Identity;
 use crate::scope::{AccessEntry, REGISTRY, Scope};
@@ -103,6 +103,32 @@ impl Issuer {
             token_use: REFRESH_USE.to_owned(),
         };
         encode(&self.header(), &claims, &self.key.encoding).map_err(|e| IssueError(e.to_string()))
+    }
+}
+
+impl Issuer {
+    /// A web UI session token for `identity`, valid for `lifetime`; returns
+    /// the token and its claims (the UI keeps the `jti` to end it at logout).
+    pub fn issue_session(
+        &self,
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<(String, SessionClaims), IssueError> {
+        let iat = unix(SystemTime::now());
+        let claims = SessionClaims {
+            iss: self.issuer.clone(),
+            sub: identity.account.clone(),
+            aud: self.service.clone(),
+            exp: iat + lifetime.as_secs(),
+            nbf: iat,
+            iat,
+            jti: uuid::Uuid::new_v4().to_string(),
+            backend: identity.backend.as_str().to_owned(),
+            token_use: SESSION_USE.to_owned(),
+        };
+        let token = encode(&self.header(), &claims, &self.key.encoding)
+            .map_err(|e| IssueError(e.to_string()))?;
+        Ok((token, claims))
     }
 }
 

@@ -8,7 +8,7 @@ pub mod issuer;
 pub mod keys;
 pub mod verifier;
 
-pub use claims::{AccessClaims, RefreshClaims};
+pub use claims::{AccessClaims, RefreshClaims, SessionClaims};
 pub use issuer::{Issued, Issuer};
 pub use keys::SigningKey;
 pub use verifier::{TokenError, Verifier, VerifyingKey};

@@ -114,6 +114,40 @@ fn refresh_token_round_trips_and_kinds_do_not_mix() {
 }
 
 #[test]
+fn session_tokens_are_their_own_kind() {
+    let (_, issuer, verifier) = setup();
+    let (session, issued) = issuer
+        .issue_session(&alice(), Duration::from_secs(600))
+        .unwrap();
+    let claims = verifier.verify_session(&session).unwrap();
+    assert_eq!(claims, issued);
+    assert_eq!(
+        (claims.sub.as_str(), claims.backend.as_str()),
+        ("alice", "static")
+    );
+    assert_eq!(claims.exp - claims.iat, 600);
+    // A session is never an access or a refresh token, and vice versa.
+    assert_eq!(
+        verifier.verify_access(&session).map(|_| ()),
+        Err(TokenError::Kind)
+    );
+    assert_eq!(
+        verifier.verify_refresh(&session).map(|_| ()),
+        Err(TokenError::Kind)
+    );
+    let access = issuer.issue(&alice(), &[]).unwrap().token;
+    let refresh = issuer.issue_refresh(&alice()).unwrap();
+    assert_eq!(
+        verifier.verify_session(&access).map(|_| ()),
+        Err(TokenError::Kind)
+    );
+    assert_eq!(
+        verifier.verify_session(&refresh).map(|_| ()),
+        Err(TokenError::Kind)
+    );
+}
+
+#[test]
 fn rejects_every_bad_token() {
     let (key, _, verifier) = setup();
     let other = SigningKey::ephemeral().unwrap();

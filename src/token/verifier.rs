@@ -11,7 +11,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use moka::sync::Cache;
 
-use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims};
+use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims, SESSION_USE, SessionClaims};
 use super::issuer::unix;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -39,7 +39,7 @@ pub enum TokenError {
     Issuer,
     #[error("token for another service")]
     Audience,
-    #[error("wrong kind of token (refresh versus access)")]
+    #[error("wrong kind of token (access, refresh or session)")]
     Kind,
 }
 
@@ -104,6 +104,15 @@ impl Verifier {
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
         let claims: RefreshClaims = self.decode(token)?;
         if claims.token_use != REFRESH_USE {
+            return Err(TokenError::Kind);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a web UI session token (not cached: the UI checks it once a page).
+    pub fn verify_session(&self, token: &str) -> Result<SessionClaims, TokenError> {
+        let claims: SessionClaims = self.decode(token)?;
+        if claims.token_use != SESSION_USE {
             return Err(TokenError::Kind);
         }
         Ok(claims)

@@ -1,0 +1,65 @@
+//! UI logins: the same authenticators (static users, LDAP) and login caches
+//! as `docker login`, through one function.
+//!
+//! UI logins count against the same brute-force limits as docker logins
+//! (`app.throttle`) and land in the same audit trail.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::audit::Event;
+use crate::authn::Identity;
+use crate::secret::Secret;
+
+/// How a login attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok(Identity),
+    /// Wrong account or password (also: malformed account names).
+    BadCredentials,
+    /// No backend could decide (the directory is down).
+    Unavailable,
+    /// Too many recent failures for this account or address: not checked.
+    Throttled(Duration),
+}
+
+/// Decides one UI login.
+pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr) -> Outcome {
+    if account.is_empty() || account.len() > 256 || account.chars().any(char::is_control) {
+        return Outcome::BadCredentials;
+    }
+    if let Err(t) = app.throttle.check(Some(account), client) {
+        app.audit.record(Event::LoginThrottled {
+            account: account.to_owned(),
+            client,
+            limited: t.limited.as_str(),
+            retry_after_ms: t.retry_after.as_millis() as u64,
+        });
+        return Outcome::Throttled(t.retry_after);
+    }
+    match app.authn.authenticate(account, password).await {
+        Ok(Some(identity)) => {
+            app.throttle.record_success(account, client);
+            app.audit.record(Event::UiLogin {
+                account: identity.account.clone(),
+                backend: identity.backend.as_str(),
+                client,
+            });
+            Outcome::Ok(identity)
+        }
+        Ok(None) => {
+            app.throttle.record_failure(Some(account), client);
+            app.audit.record(Event::LoginFailed {
+                account: account.to_owned(),
+                client,
+                reason: "bad_credentials",
+            });
+            Outcome::BadCredentials
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ui login: authentication backend could not decide");
+            Outcome::Unavailable
+        }
+    }
+}
