@@ -206,3 +206,189 @@ async fn log_settings_from_the_environment_are_not_config_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("log.format"));
 }
+
+/// The value of the first exposition line that starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(gate: &Gate) -> String {
+    let resp = client()
+        .get(format!("{}/metrics", gate.url()))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("metrics text")
+}
+
+#[tokio::test]
+async fn metrics_move_with_requests() {
+    let stack = Stack::start().await;
+    stack.registry.seed("team/app", "1.0").await;
+    let before = scrape(&stack.gate).await;
+    let t = crate::harness::http::token(
+        &stack.gate,
+        Some(("admin", "badmin")),
+        &["repository:team/app:pull"],
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = client()
+            .get(format!("{}/v2/team/app/manifests/1.0", stack.gate.url()))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("GET manifest");
+        assert_eq!(resp.status(), 200);
+    }
+    let wrong = request_token(&stack.gate, Some(("admin", "nope")), SERVICE, &[], &[]).await;
+    assert_eq!(wrong.status(), 401);
+    let after = scrape(&stack.gate).await;
+    let delta = |prefix: &str| metric(&after, prefix) - metric(&before, prefix);
+    assert_eq!(
+        delta(r#"registry_gate_http_requests_total{kind="manifest",method="GET",status="200"}"#),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(
+        delta(r#"registry_gate_token_requests_total{outcome="issued",backend="static"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"registry_gate_token_requests_total{outcome="bad_credentials",backend="none"}"#),
+        1.0
+    );
+    // One signature check, then two cache hits.
+    assert_eq!(delta("registry_gate_token_cache_misses_total"), 1.0);
+    assert_eq!(delta("registry_gate_token_cache_hits_total"), 2.0);
+    assert_eq!(delta("registry_gate_upstream_response_seconds_count"), 3.0);
+    assert!(delta(r#"registry_gate_authentication_seconds_count{backend="static"}"#) >= 2.0);
+    assert!(delta(r#"registry_gate_client_bytes_total{direction="out"}"#) > 1000.0);
+    assert!(metric(&after, "registry_gate_open_connections") >= 1.0);
+    assert!(after.contains(r#"registry_gate_login_cache_misses_total{backend="ldap"}"#));
+}
+
+#[tokio::test]
+async fn metrics_can_live_on_their_own_listener() {
+    let registry = crate::harness::Registry::start().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [("REGISTRY_GATE_METRICS__LISTEN", addr.as_str())];
+    let gate = Gate::start(&registry.url(), &env).await;
+    let main = client()
+        .get(format!("{}/metrics", gate.url()))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(main.status(), 404, "not on the main listener");
+    let own = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(own.status(), 200);
+    assert!(
+        own.text()
+            .await
+            .expect("text")
+            .contains("registry_gate_http_requests_total")
+    );
+}
+
+#[tokio::test]
+async fn readyz_follows_the_upstream_down_and_back() {
+    let mut stack = Stack::start().await;
+    assert_eq!(readyz(&stack.gate).await.0, 200);
+    stack.registry.kill();
+    // Answers are cached for 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = readyz(&stack.gate).await;
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["upstream"], "ok");
+    stack.registry.restart().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(readyz(&stack.gate).await.0, 200);
+}
+
+/// The `test` account's rule in the example config, granting `actions`.
+fn with_test_actions(actions: &str) -> String {
+    example_config().replace(
+        "match = { account = \"test\" }\nactions = [\"pull\"]",
+        &format!("match = {{ account = \"test\" }}\nactions = {actions}"),
+    )
+}
+
+async fn granted(gate: &Gate, scope: &str) -> Vec<String> {
+    let body = crate::harness::http::token_response(gate, Some(("test", "123")), &[scope]).await;
+    let token = body["token"].as_str().expect("token");
+    let claims = crate::harness::http::jwt_parts(token).1;
+    claims["access"]
+        .as_array()
+        .expect("access")
+        .iter()
+        .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_acl_without_breaking_a_running_pull() {
+    let registry = crate::harness::Registry::start().await;
+    let image = registry.seed_sized("team/big", "1.0", 48 << 20).await;
+    let (layer_digest, layer) = image.blobs.last().expect("layer").clone();
+    let mut gate =
+        Gate::start_with_config(&with_test_actions(r#"["pull"]"#), &registry.url(), &[]).await;
+    assert_eq!(
+        granted(&gate, "repository:team/big:pull,push").await,
+        ["pull"]
+    );
+
+    // A large pull starts, reads a little, and stalls while we reload.
+    let t =
+        crate::harness::http::token(&gate, Some(("test", "123")), &["repository:team/big:pull"])
+            .await;
+    let mut pull = client()
+        .get(format!("{}/v2/team/big/blobs/{layer_digest}", gate.url()))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("GET blob");
+    assert_eq!(pull.status(), 200);
+    let mut received = pull
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("data")
+        .to_vec();
+
+    std::fs::write(gate.config_path(), with_test_actions(r#"["pull", "push"]"#)).expect("rewrite");
+    gate.sighup();
+    gate.wait_log("configuration reloaded", 1).await;
+    let mut actions = granted(&gate, "repository:team/big:pull,push").await;
+    actions.sort();
+    assert_eq!(
+        actions,
+        ["pull", "push"],
+        "the new ACL applies to the next token"
+    );
+
+    // An invalid config is refused; the one in force stays.
+    std::fs::write(gate.config_path(), "bogus_key = 1\n").expect("rewrite");
+    gate.sighup();
+    gate.wait_log("configuration reload refused", 1).await;
+    assert_eq!(granted(&gate, "repository:team/big:push").await, ["push"]);
+
+    while let Some(chunk) = pull.chunk().await.expect("rest of the blob") {
+        received.extend_from_slice(&chunk);
+    }
+    assert_eq!(received.len(), layer.len());
+    assert!(
+        received == layer,
+        "the pull started before the reload completes intact"
+    );
+}

@@ -4,22 +4,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Audit;
 use crate::authn::{Authenticators, LdapAuthenticator, LoginCache, StaticUsers};
+use crate::authz::Acl;
+use crate::config::Config;
+use crate::health::ReadinessCache;
+use crate::metrics::{Metrics, Sources};
+use crate::ratelimit::LoginThrottle;
+use crate::token::keys::{KeyError, verifying_key_from_pem};
+use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
+use crate::ui::UiState;
+use crate::upstream::Upstream;
 
 /// How long a verified static password is remembered (it changes only with
-/// the config file).
+/// the config file, and a reload starts a fresh cache).
 const STATIC_CACHE_TTL: Duration = Duration::from_secs(300);
 /// How long a wrong static password is remembered: short, so a typo costs
 /// little, but long enough that a guessing loop does not cost a bcrypt each.
 const STATIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
-use crate::audit::Audit;
-use crate::authz::Acl;
-use crate::config::Config;
-use crate::health::ReadinessCache;
-use crate::ratelimit::LoginThrottle;
-use crate::token::keys::{KeyError, verifying_key_from_pem};
-use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
-use crate::upstream::Upstream;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -30,9 +32,12 @@ pub struct App {
     pub verifier: Verifier,
     pub upstream: Upstream,
     /// Failed-login counters of the realm (per process).
-    pub throttle: LoginThrottle,
+    pub throttle: Arc<LoginThrottle>,
     /// The web UI's sessions and caches.
-    pub ui: crate::ui::UiState,
+    pub ui: Arc<UiState>,
+    pub metrics: Arc<Metrics>,
+    /// The signing key, kept across reloads when it is an ephemeral one.
+    key: Arc<SigningKey>,
     /// Where the signing key came from, for the startup line.
     pub key_source: String,
     pub key_id: String,
@@ -66,10 +71,41 @@ pub enum BuildError {
     PreviousKey { path: String, source: KeyError },
 }
 
+/// State that outlives one configuration: a reload builds a new `App` and
+/// hands it these from the old one, so counters keep counting, failed-login
+/// back-offs and ended UI sessions stay in force, and an ephemeral signing
+/// key (no `token.key`) keeps the tokens it signed valid.
+#[derive(Clone, Default)]
+pub struct Carried {
+    pub metrics: Arc<Metrics>,
+    pub throttle: Option<Arc<LoginThrottle>>,
+    pub ui: Arc<UiState>,
+    pub ephemeral_key: Option<Arc<SigningKey>>,
+}
+
 impl App {
     pub fn build(config: Config) -> Result<App, BuildError> {
-        let (key, key_source) = load_key(&config)?;
-        let key = Arc::new(key);
+        App::build_with(config, Carried::default())
+    }
+
+    /// What a reload hands to the next app.
+    pub fn carried(&self) -> Carried {
+        Carried {
+            metrics: self.metrics.clone(),
+            throttle: Some(self.throttle.clone()),
+            ui: self.ui.clone(),
+            ephemeral_key: (self.config.token.key.is_none()).then(|| self.key.clone()),
+        }
+    }
+
+    pub fn build_with(config: Config, carried: Carried) -> Result<App, BuildError> {
+        let (key, key_source) = match (&config.token.key, carried.ephemeral_key) {
+            (None, Some(key)) => (key, "ephemeral (kept across reloads)".to_owned()),
+            _ => {
+                let (key, source) = load_key(&config)?;
+                (Arc::new(key), source)
+            }
+        };
         let t = &config.token;
         let issuer = Issuer::new(
             key.clone(),
@@ -82,20 +118,33 @@ impl App {
         keys.extend(load_previous_keys(&config)?);
         let verifier = Verifier::new(keys, &t.issuer, &t.service, t.lifetime);
         let upstream = Upstream::from_config(&config.upstream, &config.limits);
+        let authn = Authenticators::new(
+            StaticUsers::new(config.users.clone()),
+            config.ldap.clone().map(LdapAuthenticator::new),
+            LoginCache::new(STATIC_CACHE_TTL, STATIC_NEGATIVE_TTL, 10_000),
+        );
+        // Back-offs carry over unless the limits themselves changed.
+        let throttle = carried
+            .throttle
+            .filter(|t| *t.config() == config.ratelimit)
+            .unwrap_or_else(|| Arc::new(LoginThrottle::new(config.ratelimit.clone())));
+        carried.metrics.set_sources(Sources {
+            static_cache: Some(authn.static_cache.clone()),
+            ldap_cache: authn.ldap.as_ref().map(|(_, cache)| cache.clone()),
+            token_cache: Some(verifier.cache_counters()),
+        });
         Ok(App {
-            authn: Authenticators::new(
-                StaticUsers::new(config.users.clone()),
-                config.ldap.clone().map(LdapAuthenticator::new),
-                LoginCache::new(STATIC_CACHE_TTL, STATIC_NEGATIVE_TTL, 10_000),
-            ),
+            authn,
             acl: config.acl.clone(),
             issuer,
             verifier,
             upstream,
-            throttle: LoginThrottle::new(config.ratelimit.clone()),
-            ui: crate::ui::UiState::default(),
+            throttle,
+            ui: carried.ui,
+            metrics: carried.metrics,
             key_source,
             key_id: key.kid.clone(),
+            key,
             readiness: ReadinessCache::default(),
             audit: Audit::open(&config.raw.audit.output).map_err(|source| BuildError::Audit {
                 path: config.raw.audit.output.clone(),

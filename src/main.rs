@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use registry_gate::app::App;
 use registry_gate::config::{self, Config};
+use registry_gate::reload::Live;
 use registry_gate::{server, token};
 
 #[derive(Parser)]
@@ -111,7 +112,7 @@ fn load(path: PathBuf, explicit: bool) -> Result<Config, ExitCode> {
 }
 
 fn serve(path: PathBuf, explicit: bool) -> ExitCode {
-    let config = match load(path, explicit) {
+    let config = match load(path.clone(), explicit) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -125,10 +126,10 @@ fn serve(path: PathBuf, explicit: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, path, explicit))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     let tls = match &config.server.tls {
         Some(t) => match registry_gate::tls::acceptor(t) {
             Ok(a) => Some(a),
@@ -168,8 +169,58 @@ async fn run(config: Config) -> ExitCode {
         signing_key = %format!("{} (kid {})", app.key_source, app.key_id),
         "registry-gate listening"
     );
-    server::serve(listener, app, tls, shutdown_signal()).await;
+    let live = Arc::new(Live::new(app, path, explicit));
+    if let Some(addr) = &live.current().config.raw.metrics.listen {
+        match tokio::net::TcpListener::bind(addr.as_str()).await {
+            Ok(l) => {
+                tracing::info!(listen = %addr, "metrics at /metrics");
+                tokio::spawn(server::serve_metrics(l, live.clone()));
+            }
+            Err(e) => {
+                eprintln!("registry-gate: cannot listen on {addr} (metrics.listen): {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    tokio::spawn(reload_on_sighup(live.clone()));
+    server::serve(listener, live, tls, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the configuration; a bad one is refused and logged, and
+/// the old one stays in force.
+async fn reload_on_sighup(live: Arc<Live>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: live reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let l = live.clone();
+            // Reading files and hashing keys: off the async workers.
+            match tokio::task::spawn_blocking(move || l.reload()).await {
+                Ok(Ok(r)) => {
+                    let app = live.current();
+                    tracing::info!(
+                        signing_key = %format!("{} (kid {})", app.key_source, app.key_id),
+                        "configuration reloaded: new requests use it"
+                    );
+                    for key in r.need_restart {
+                        tracing::warn!(key, "changed, but takes effect only after a restart");
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "configuration reload refused; the previous configuration stays in force"
+                ),
+                Err(e) => tracing::error!(error = %e, "configuration reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = live;
 }
 
 async fn shutdown_signal() {

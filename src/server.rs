@@ -35,10 +35,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::App;
 use crate::config::{LimitsConfig, TlsFiles};
 use crate::http::body::{Body, BoxError};
 use crate::http::{self, Conn};
+use crate::reload::Live;
+use prometheus_client::metrics::counter::Counter;
 
 pub use crate::tls::TlsError;
 
@@ -64,11 +65,13 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 /// `limits.shutdown_timeout`.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    live: Arc<Live>,
     tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limits = app.config.limits.clone();
+    // Limits shape the listener and every connection: read once, at start
+    // (a reload that changes them says they need a restart).
+    let limits = live.current().config.limits.clone();
     let builder = Arc::new(http_builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,13 +110,15 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let live = live.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let metrics = live.current().metrics.clone();
+            let _open = metrics.connection();
             let conn = Conn {
                 peer,
                 tls: tls.is_some(),
@@ -125,7 +130,7 @@ pub async fn serve(
                     match handshake.await {
                         Ok(Ok(s)) => {
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_connection(s, h2, &builder, app, conn, &limits, stop).await
+                            serve_connection(s, h2, &builder, live, conn, &limits, stop).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
@@ -135,7 +140,7 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_connection(stream, false, &builder, app, conn, &limits, stop).await,
+                None => serve_connection(stream, false, &builder, live, conn, &limits, stop).await,
             }
         });
     }
@@ -153,6 +158,39 @@ pub async fn serve(
             connections = limits.max_connections - permits.available_permits(),
             "shutdown_timeout passed; closing the remaining connections"
         ),
+    }
+}
+
+/// Serves `GET /metrics` alone on its own listener (`[metrics] listen`),
+/// e.g. on an address only the monitoring network reaches. Plain HTTP/1.1;
+/// runs until the process ends.
+pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = live.current();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        http::metrics_response(&app)
+                    } else {
+                        let mut r = hyper::Response::new(crate::http::body::full("not found\n"));
+                        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        r
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
     }
 }
 
@@ -187,7 +225,7 @@ async fn serve_connection<IO>(
     io: IO,
     h2: bool,
     builder: &auto::Builder<TokioExecutor>,
-    app: Arc<App>,
+    live: Arc<Live>,
     conn: Conn,
     limits: &LimitsConfig,
     mut stop: watch::Receiver<bool>,
@@ -195,15 +233,20 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new(h2));
+    let (bytes_in, bytes_out) = live.current().metrics.client_byte_counters();
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
+        bytes_in,
+        bytes_out,
     });
     let service = {
         let activity = activity.clone();
         service_fn(move |req| -> HandlerFuture {
             let guard = activity.begin();
-            let app = app.clone();
+            // The app in force when the request starts serves all of it,
+            // whatever a reload does meanwhile.
+            let app = live.current();
             // Boxed so the future's type is named: without it rustc cannot
             // prove the higher-ranked Send bound hyper's executor needs.
             Box::pin(async move {
@@ -402,6 +445,9 @@ impl HttpBody for InFlightBody {
 struct Tracked<IO> {
     inner: IO,
     activity: Arc<Activity>,
+    /// Bytes read from and written to the client (`client_bytes` metric).
+    bytes_in: Counter,
+    bytes_out: Counter,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -412,8 +458,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if matches!(polled, Poll::Ready(Ok(()))) && read > 0 {
             self.activity.on_read();
+            self.bytes_in.inc_by(read as u64);
         }
         polled
     }
@@ -425,7 +473,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes_out.inc_by(n as u64);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -441,7 +493,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes_out.inc_by(n as u64);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -452,6 +508,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+
+    use crate::app::App;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -482,7 +540,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(serve(listener, app.clone(), None, async {
+        let live = Arc::new(Live::fixed(app.clone()));
+        let done = tokio::spawn(serve(listener, live, None, async {
             let _ = rx.await;
         }));
         Running {

@@ -107,6 +107,24 @@ impl Gate {
         self.daemon.sigterm();
     }
 
+    /// Sends SIGHUP (reload the configuration) to the gate, by PID.
+    pub fn sighup(&mut self) {
+        self.daemon.signal(libc::SIGHUP);
+    }
+
+    /// Waits until the gate's log has `n` lines containing `needle`.
+    pub async fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} (x{n}) in the gate log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits up to `timeout` for the gate to exit; its status if it did.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         self.daemon.wait_exit(timeout).await

@@ -115,12 +115,17 @@ impl Daemon {
     /// Sends SIGTERM to exactly this process (by PID) and returns at once;
     /// see [`Self::wait_exit`].
     pub fn sigterm(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to exactly this process (by PID).
+    pub fn signal(&mut self, signal: libc::c_int) {
         assert!(self.exited().is_none(), "{} is not running", self.name);
         let pid = i32::try_from(self.pid()).expect("pid");
         // SAFETY: kill(2) on the PID of our own unreaped child: the PID
         // cannot have been reused by another process yet.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "kill -TERM {pid} failed");
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill -{signal} {pid} failed");
     }
 
     /// Waits up to `timeout` for the process to exit; its status if it did.

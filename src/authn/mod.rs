@@ -96,6 +96,17 @@ impl Authenticators {
         }
     }
 
+    /// Which backend decides about `account` (for metrics and logs).
+    pub fn backend_for(&self, account: &str) -> &'static str {
+        if self.static_users.contains(account) {
+            Backend::Static.as_str()
+        } else if self.ldap.is_some() {
+            Backend::Ldap.as_str()
+        } else {
+            "none"
+        }
+    }
+
     /// `Ok(None)` means the credentials are wrong (401); `Err` means no
     /// backend could decide (503).
     pub async fn authenticate(

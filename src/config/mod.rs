@@ -16,8 +16,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
 pub use raw::{
-    RawAudit, RawConfig, RawLimits, RawLog, RawRateLimit, RawServer, RawTls, RawToken, RawUpstream,
-    RawUser,
+    RawAudit, RawConfig, RawLimits, RawLog, RawMetrics, RawRateLimit, RawServer, RawTls, RawToken,
+    RawUpstream, RawUser,
 };
 pub use resolve::{
     Config, LimitsConfig, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig,

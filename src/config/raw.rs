@@ -39,6 +39,30 @@ pub struct RawConfig {
     /// Brute-force protection of the token realm (`[ratelimit]`).
     #[serde(default)]
     pub ratelimit: RawRateLimit,
+    /// The Prometheus endpoint (`[metrics]`).
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint `GET /metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Serve it on this separate address only (e.g. `127.0.0.1:9100`),
+    /// not on the main listener; absent: on the main listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 /// `[audit]`: where the audit trail goes.

@@ -71,7 +71,7 @@ pub struct TokenConfig {
 }
 
 /// The resolved `[limits]` section (see `RawLimits` for each meaning).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -123,6 +123,14 @@ impl Config {
             check(Err(ConfigError::new(
                 "log.format",
                 "must be \"text\" or \"json\"",
+            )));
+        }
+        if let Some(listen) = &raw.metrics.listen
+            && listen.parse::<SocketAddr>().is_err()
+        {
+            check(Err(ConfigError::new(
+                "metrics.listen",
+                format!("{listen:?} is not an address like 127.0.0.1:9100"),
             )));
         }
         if raw.audit.output.trim().is_empty() {

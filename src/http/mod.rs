@@ -38,6 +38,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
         Ok(ok) => ok,
         Err(e) => (e.into_response(), None),
     };
+    record(&app, &method, &path, &resp);
     tracing::info!(
         target: "access",
         client = %conn.peer.ip(),
@@ -51,6 +52,56 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
 }
 
 type Routed = (Response<Body>, Option<String>);
+
+/// What a response was for, for metrics: the registry handler names the
+/// endpoint it classified; everything else is named from its path.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind(pub &'static str);
+
+/// The backend that vouched for a token request's caller (set by the realm).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBackend(pub &'static str);
+
+fn record(app: &App, method: &Method, path: &str, resp: &Response<Body>) {
+    let status = resp.status().as_u16();
+    let kind = resp.extensions().get::<Kind>().map_or_else(
+        || match path {
+            "/auth" => "token",
+            "/healthz" | "/readyz" => "health",
+            "/metrics" => "metrics",
+            p if p == "/v2" || p.starts_with("/v2/") => "registry_refused",
+            p if p == "/" || p.starts_with("/ui") => "ui",
+            _ => "other",
+        },
+        |k| k.0,
+    );
+    app.metrics.request(kind, method, status);
+    if path == "/auth" {
+        let outcome = match status {
+            200 => "issued",
+            401 => "bad_credentials",
+            429 => "throttled",
+            503 => "unavailable",
+            400..=499 => "bad_request",
+            _ => "error",
+        };
+        let backend = resp
+            .extensions()
+            .get::<TokenBackend>()
+            .map_or("none", |b| b.0);
+        app.metrics.token_request(outcome, backend);
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub fn metrics_response(app: &App) -> Response<Body> {
+    let mut resp = Response::new(body::full(app.metrics.encode()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
 
 async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, ApiError> {
     // An absolute-form target (`GET http://other/v2/...`) is a proxy request,
@@ -81,6 +132,10 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         // Alive: the process answers. Dependencies are /readyz's business.
         let body = "{\"status\":\"ok\"}".to_owned();
         return Ok((errors::json_response(StatusCode::OK, body), None));
+    }
+    let metrics = &app.config.raw.metrics;
+    if path == "/metrics" && is_get && metrics.enabled && metrics.listen.is_none() {
+        return Ok((metrics_response(app), None));
     }
     if path == "/readyz" && is_get {
         let r = app.readiness.get(&app.upstream, &app.authn).await;

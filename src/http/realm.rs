@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::body::Body;
 use super::errors::{ApiError, ErrorCode, json_response};
-use super::{Conn, Routed};
+use super::{Conn, Routed, TokenBackend};
 use crate::app::App;
 use crate::audit::Event;
 use crate::authn::{AuthnError, Identity};
@@ -106,6 +106,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     })
     .map_err(|e| internal(e.to_string()))?;
     let mut resp: Response<Body> = json_response(StatusCode::OK, body);
+    resp.extensions_mut()
+        .insert(TokenBackend(identity.backend.as_str()));
     // Tokens must not be cached by anything between us and the client.
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -145,7 +147,14 @@ async fn authenticate(
                 ));
             }
             throttle(app, Some(account), conn)?;
-            match app.authn.authenticate(account, password).await {
+            let started = std::time::Instant::now();
+            let result = app.authn.authenticate(account, password).await;
+            let backend = match &result {
+                Ok(Some(identity)) => identity.backend.as_str(),
+                _ => app.authn.backend_for(account),
+            };
+            app.metrics.authentication(backend, started.elapsed());
+            match result {
                 Ok(Some(identity)) => {
                     app.throttle.record_success(account, ip);
                     Ok((identity, None))
@@ -174,6 +183,7 @@ async fn authenticate(
 /// being backed off; the credentials are then not even looked at.
 fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
     app.throttle.check(account, conn.peer.ip()).map_err(|t| {
+        app.metrics.login_throttled(t.limited.as_str());
         app.audit.record(Event::LoginThrottled {
             account: account.unwrap_or("").to_owned(),
             client: conn.peer.ip(),

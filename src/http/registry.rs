@@ -2,12 +2,13 @@
 //! classify -> verify the Bearer token -> check -> Permit -> forward.
 //! Anything that does not classify is refused here and never forwarded.
 
-use http::{HeaderMap, Method, Request, header};
+use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 
+use super::body::Body;
 use super::challenge::{Challenge, ChallengeError};
 use super::errors::{ApiError, ErrorCode};
-use super::{Conn, Routed, catalog, external_base};
+use super::{Conn, Kind, Routed, catalog, external_base};
 use crate::access::{self, ClassifyError, Endpoint};
 use crate::app::App;
 use crate::audit::Event;
@@ -71,11 +72,18 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     };
     if permit.required().endpoint == Endpoint::Catalog {
         let resp = catalog::serve(app, &permit, req.uri().query(), &origin, conn).await?;
-        return Ok((resp, account));
+        return Ok((with_kind(resp, Endpoint::Catalog), account));
     }
     let write = write_action(&permit, req.method(), req.uri().query());
     let reference = reference(req.uri().path());
+    let started = std::time::Instant::now();
     let result = app.upstream.forward(&permit, req, &origin).await;
+    match &result {
+        Ok(_) => app.metrics.upstream_response(started.elapsed()),
+        Err(UpstreamError::Timeout) => app.metrics.upstream_error("timeout"),
+        Err(UpstreamError::Unreachable(_)) => app.metrics.upstream_error("unreachable"),
+        Err(_) => {}
+    }
     if let Some(action) = write {
         let status = result.as_ref().map_or(502, |r| r.status().as_u16());
         app.audit.record(Event::UpstreamWrite {
@@ -98,7 +106,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
             },
         });
     }
-    Ok((result.map_err(upstream_error)?, account))
+    let resp = result.map_err(upstream_error)?;
+    Ok((with_kind(resp, permit.required().endpoint), account))
+}
+
+fn with_kind(mut resp: Response<Body>, endpoint: Endpoint) -> Response<Body> {
+    resp.extensions_mut().insert(Kind(endpoint.as_str()));
+    resp
 }
 
 /// The audited kind of a request that changes the upstream, if it is one.

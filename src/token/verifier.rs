@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -43,6 +44,31 @@ pub enum TokenError {
     Kind,
 }
 
+/// Hits and misses of the verified-token cache.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheCounters {
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (hits, misses).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A public key tokens may be signed with.
 pub struct VerifyingKey {
     pub kid: String,
@@ -56,6 +82,7 @@ pub struct Verifier {
     issuer: String,
     service: String,
     cache: Cache<String, Arc<AccessClaims>>,
+    counters: Arc<CacheCounters>,
 }
 
 impl Verifier {
@@ -74,6 +101,7 @@ impl Verifier {
                 .collect(),
             issuer: issuer.to_owned(),
             service: service.to_owned(),
+            counters: Arc::default(),
             cache: Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(max_lifetime)
@@ -86,11 +114,13 @@ impl Verifier {
         if let Some(claims) = self.cache.get(token) {
             // The cache may outlive a token by up to its TTL: re-check `exp`.
             if claims.exp + LEEWAY_SECS >= unix(SystemTime::now()) {
+                self.counters.hit();
                 return Ok(claims);
             }
             self.cache.invalidate(token);
             return Err(TokenError::Expired);
         }
+        self.counters.miss();
         let claims: AccessClaims = self.decode(token)?;
         if claims.token_use.is_some() {
             return Err(TokenError::Kind);
@@ -98,6 +128,11 @@ impl Verifier {
         let claims = Arc::new(claims);
         self.cache.insert(token.to_owned(), claims.clone());
         Ok(claims)
+    }
+
+    /// Hit and miss counters of the verified-token cache (for metrics).
+    pub fn cache_counters(&self) -> Arc<CacheCounters> {
+        self.counters.clone()
     }
 
     /// Verifies a refresh token (never cached: they are used once a login).

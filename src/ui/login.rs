@@ -30,6 +30,7 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
         return Outcome::BadCredentials;
     }
     if let Err(t) = app.throttle.check(Some(account), client) {
+        app.metrics.login_throttled(t.limited.as_str());
         app.audit.record(Event::LoginThrottled {
             account: account.to_owned(),
             client,

@@ -137,7 +137,7 @@ actions = ["pull"]
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(crate::server::serve(
         listener,
-        app.clone(),
+        Arc::new(crate::reload::Live::fixed(app.clone())),
         None,
         std::future::pending(),
     ));
