@@ -1296,3 +1296,41 @@ async fn load_hundreds_of_concurrent_clients() {
     })
     .await;
 }
+
+/// Plain HTTP sent to the TLS port gets a plain-text 400 saying so, rather
+/// than a TLS alert clients report as a "malformed HTTP response".
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_told_to_use_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let registry = Registry::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = write_cert(dir.path(), "cert.pem", "key.pem");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let env = [
+        (
+            "REGISTRY_GATE_SERVER__TLS__CERT",
+            cert.to_str().expect("utf-8 path"),
+        ),
+        (
+            "REGISTRY_GATE_SERVER__TLS__KEY",
+            key.to_str().expect("utf-8 path"),
+        ),
+    ];
+    let gate = Gate::start_with_config(&config("", ""), &registry.url(), &env).await;
+    let mut tcp = TcpStream::connect(gate.addr).await.expect("connect");
+    tcp.write_all(b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("speaks HTTPS"), "{answer}");
+    // And TLS clients are still served.
+    let all = [&rustls::version::TLS13, &rustls::version::TLS12];
+    tls_connect(gate.addr, &[&first], &all)
+        .await
+        .expect("handshake");
+}

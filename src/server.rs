@@ -125,6 +125,10 @@ pub async fn serve(
             };
             match tls {
                 Some(acceptor) => {
+                    let mut stream = stream;
+                    if speaks_plain_http(&mut stream, limits.header_read_timeout).await {
+                        return;
+                    }
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
                     match handshake.await {
@@ -192,6 +196,28 @@ pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
             let _ = conn.await;
         });
     }
+}
+
+/// A TLS record starts with 0x16 (handshake); a plain HTTP request with a
+/// method name. A client that sends plain HTTP to the TLS port gets a short
+/// plain-text 400 saying so (rather than a TLS alert that clients report as
+/// "malformed HTTP response"), and the connection closes. True if it did.
+async fn speaks_plain_http(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) || first[0] == 0x16 || !first[0].is_ascii_uppercase() {
+        return false;
+    }
+    let body = "This port speaks HTTPS: use an https:// URL.\n";
+    let msg = format!(
+        "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(wait, stream.write_all(msg.as_bytes())).await;
+    let _ = stream.shutdown().await;
+    true
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
