@@ -19,12 +19,14 @@ use crate::procs::{self, CpuTimes};
 pub struct Meter<'a> {
     pub pids: &'a [u32],
     pub tck: f64,
+    /// A gate running under callgrind (see `procs::callgrind_mark`).
+    pub callgrind: Option<u32>,
 }
 
 /// CPU counters read before a measurement.
 pub struct Probe {
     pids: Vec<u32>,
-    before: Vec<Option<u64>>,
+    before: Vec<Option<(u64, u64)>>,
     self_before: Option<u64>,
     system_before: Vec<CpuTimes>,
     started: Instant,
@@ -36,20 +38,25 @@ pub struct Usage {
     pub wall: f64,
     /// CPU seconds of each probed process.
     pub cpu: HashMap<u32, f64>,
+    /// The user-space part of `cpu` (the rest is the kernel's, for it).
+    pub user: HashMap<u32, f64>,
     /// The load generator's own CPU seconds.
     pub client: f64,
     /// Busy fraction of each CPU (index = CPU number).
     pub core_busy: Vec<f64>,
     /// Busy CPU seconds of the machine not spent by the probed processes
-    /// or the load generator: other work on the machine, kernel threads.
+    /// or the load generator: other work on the machine, kernel threads,
+    /// interrupts.
     pub foreign: f64,
+    /// CPU seconds the hypervisor gave to other guests.
+    pub steal: f64,
 }
 
 impl Probe {
     pub fn start(pids: &[u32]) -> Probe {
         Probe {
             pids: pids.to_vec(),
-            before: pids.iter().map(|p| procs::cpu_ticks(*p)).collect(),
+            before: pids.iter().map(|p| procs::cpu_split(*p)).collect(),
             self_before: procs::self_cpu_ticks(),
             system_before: procs::system_cpu_times(),
             started: Instant::now(),
@@ -60,9 +67,13 @@ impl Probe {
         let wall = self.started.elapsed().as_secs_f64();
         let system = procs::system_cpu_times();
         let mut cpu = HashMap::new();
+        let mut user = HashMap::new();
         for (pid, before) in self.pids.iter().zip(&self.before) {
-            if let (Some(b), Some(a)) = (before, procs::cpu_ticks(*pid)) {
-                cpu.insert(*pid, a.saturating_sub(*b) as f64 / tck);
+            if let (Some((bu, bs)), Some((au, as_))) = (before, procs::cpu_split(*pid)) {
+                let u = au.saturating_sub(*bu) as f64 / tck;
+                let s = as_.saturating_sub(*bs) as f64 / tck;
+                cpu.insert(*pid, u + s);
+                user.insert(*pid, u);
             }
         }
         let client = match (self.self_before, procs::self_cpu_ticks()) {
@@ -86,12 +97,18 @@ impl Probe {
             .collect();
         let ours: f64 = cpu.values().sum::<f64>() + client;
         let foreign = (delta(0).0 / tck - ours).max(0.0);
+        let steal = match (self.system_before.first(), system.first()) {
+            (Some(b), Some(a)) => a.steal.saturating_sub(b.steal) as f64 / tck,
+            _ => 0.0,
+        };
         Usage {
             wall,
             cpu,
+            user,
             client,
             core_busy,
             foreign,
+            steal,
         }
     }
 }
@@ -308,6 +325,7 @@ pub async fn transfer_rounds(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let path = format!("/v2/{repo}/blobs/{}", blob.digest);
+    procs::callgrind_mark(meter.callgrind, true);
     let probe = Probe::start(meter.pids);
     let started = Instant::now();
     let mut bytes = 0;
@@ -322,7 +340,9 @@ pub async fn transfer_rounds(
             break;
         }
     }
-    Ok((bytes, probe.end(meter.tck)))
+    let usage = probe.end(meter.tck);
+    procs::callgrind_mark(meter.callgrind, false);
+    Ok((bytes, usage))
 }
 
 /// The `q`-quantile (0..=1) of `sorted`.

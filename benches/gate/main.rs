@@ -44,9 +44,13 @@ usage: cargo bench --bench gate -- [options]
   --quick               one round, short loads (under a minute)
   --rounds N            rounds per figure (default 3; --quick: 1)
   --duration SECS       length of each small-request round (default 2; --quick: 1)
+  --blob-secs SECS      repeat each 256 MiB transfer for at least this long
+                        (default 1; --quick: 0, one transfer)
   --connections N       concurrent connections for small requests (default 32)
   --only LIST           comma list of: small,distinct,get,put,tls,tokens
   --no-nginx            do not compare with nginx even if installed
+  --nginx-buffering     leave nginx's proxy buffering on (its default); the
+                        default here is streaming (proxy_[request_]buffering off)
   --no-ldap             skip LDAP (slapd) figures even if slapd is installed
   --out FILE            JSON output (default <target dir>/bench/results.json)
   --server-cpu N        CPU for the servers (default 0)
@@ -69,6 +73,7 @@ struct Options {
     token_connections: usize,
     only: Vec<String>,
     nginx: bool,
+    nginx_buffering: bool,
     ldap: bool,
     out: Option<PathBuf>,
     server_cpu: usize,
@@ -88,6 +93,7 @@ impl Options {
             token_connections: 16,
             only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
             nginx: true,
+            nginx_buffering: false,
             ldap: true,
             out: None,
             server_cpu: 0,
@@ -111,6 +117,7 @@ impl Options {
                 "--bench" | "--quick" => {}
                 "--rounds" => o.rounds = number(arg, value(arg)?)? as usize,
                 "--duration" => o.small_secs = number(arg, value(arg)?)?,
+                "--blob-secs" => o.blob_secs = number(arg, value(arg)?)?,
                 "--connections" => o.connections = number(arg, value(arg)?)? as usize,
                 "--only" => {
                     o.only = value(arg)?.split(',').map(str::to_string).collect();
@@ -119,6 +126,7 @@ impl Options {
                     }
                 }
                 "--no-nginx" => o.nginx = false,
+                "--nginx-buffering" => o.nginx_buffering = true,
                 "--no-ldap" => o.ldap = false,
                 "--out" => o.out = Some(PathBuf::from(value(arg)?)),
                 "--server-cpu" => o.server_cpu = value(arg)?.parse().map_err(|e| format!("{e}"))?,
@@ -483,6 +491,7 @@ async fn run(opts: Options, pinned: bool) -> Result<(), String> {
                 &registry.target,
                 &tls,
                 client_tls.clone(),
+                opts.nginx_buffering,
                 server_cpu,
             )
             .await?,
@@ -505,6 +514,26 @@ async fn run(opts: Options, pinned: bool) -> Result<(), String> {
         _storage: storage,
         _dir: dir,
     };
+    println!(
+        "PIDs: registry {}, registry-tls {}, gate {}, gate-tls {}{}{}{}",
+        stack.registry.pid(),
+        stack.registry_tls.pid(),
+        stack.gate.pid(),
+        stack.gate_tls.pid(),
+        stack
+            .gate_cold
+            .as_ref()
+            .map_or(String::new(), |g| format!(", gate-cold {}", g.pid())),
+        stack
+            .nginx
+            .as_ref()
+            .map_or(String::new(), |n| format!(", nginx {}", n.pid())),
+        stack
+            .slapd
+            .as_ref()
+            .and_then(slapd::Slapd::pid)
+            .map_or(String::new(), |p| format!(", slapd {p}")),
+    );
     let bearer = fetch_bearer(&stack.gate.target).await?;
     let mut ctx = Ctx {
         tck,
@@ -703,11 +732,13 @@ fn usage_json(ep: &Endpoint, u: &Usage, server_cpu: Option<usize>, client_cpu: u
     json!({
         "wall_s": u.wall,
         "own_cpu_s": u.cpu.get(&ep.own_pid),
+        "own_user_cpu_s": u.user.get(&ep.own_pid),
         "upstream_cpu_s": ep.upstream_pid.and_then(|p| u.cpu.get(&p)),
         "client_cpu_s": u.client,
         "server_core_busy": server_cpu.and_then(|c| u.core_busy.get(c)),
         "client_core_busy": u.core_busy.get(client_cpu),
         "foreign_cpu_s": u.foreign,
+        "steal_s": u.steal,
     })
 }
 
@@ -717,6 +748,22 @@ impl Ctx {
             .as_bool()
             .filter(|p| *p)
             .map(|_| self.opts.server_cpu)
+    }
+
+    /// The PID to mark for callgrind, when `pid` is a gate run under it.
+    fn callgrind(&self, pid: u32) -> Option<u32> {
+        let gates = [
+            Some(self.stack.gate.pid()),
+            Some(self.stack.gate_tls.pid()),
+            self.stack.gate_cold.as_ref().map(Server::pid),
+        ];
+        (self
+            .opts
+            .gate_wrapper
+            .iter()
+            .any(|w| w.contains("callgrind"))
+            && gates.contains(&Some(pid)))
+        .then_some(pid)
     }
 
     /// Notes, per scenario, how much other work ran on the machine and
@@ -778,6 +825,7 @@ async fn small(ctx: &mut Ctx, distinct: bool) -> Result<(), String> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); eps.len()];
     let mut lat: Vec<Vec<u32>> = vec![Vec::new(); eps.len()];
     let mut totals = vec![(0u64, 0.0f64, 0.0f64); eps.len()];
+    let mut user_totals = vec![0.0f64; eps.len()];
     let mut shared_pool: Option<Arc<Vec<HeaderValue>>> = None;
     for r in 0..ctx.opts.rounds {
         for ep in rotated(&eps, r) {
@@ -789,7 +837,7 @@ async fn small(ctx: &mut Ctx, distinct: bool) -> Result<(), String> {
                 Credentials::One(ctx.bearer.clone())
             } else if ep.col == GATE {
                 // Enough never-seen tokens for the whole round.
-                let rate = ctx.gate_small_rate.unwrap_or(15_000.0);
+                let rate = ctx.gate_small_rate.unwrap_or(8_000.0);
                 let n =
                     (rate * ctx.opts.small_secs * 1.3) as usize + 4 * ctx.opts.connections + 500;
                 let t = Instant::now();
@@ -812,9 +860,11 @@ async fn small(ctx: &mut Ctx, distinct: bool) -> Result<(), String> {
             let (conns, shared) = load::open_small(&ep.target, ctx.opts.connections, &kind, 2)
                 .await
                 .map_err(|e| format!("{} {}: {e}", ep.name, title))?;
+            procs::callgrind_mark(ctx.callgrind(ep.own_pid), true);
             let probe = Probe::start(&ctx.pids);
             let res = load::run_small(&ep.target, conns, shared, duration).await;
             let usage = probe.end(ctx.tck);
+            procs::callgrind_mark(ctx.callgrind(ep.own_pid), false);
             if res.errors > 0 {
                 ctx.warnings.push(format!(
                     "{key} {}: {} errors of {} requests, first: {}",
@@ -847,6 +897,7 @@ async fn small(ctx: &mut Ctx, distinct: bool) -> Result<(), String> {
             u["reused_tokens"] = json!(res.reused_tokens);
             rounds[i].push(u);
             rates[i].push(rate);
+            user_totals[i] += usage.user.get(&ep.own_pid).copied().unwrap_or(0.0);
             totals[i].0 += res.requests;
             totals[i].1 += usage.cpu.get(&ep.own_pid).copied().unwrap_or(0.0);
             totals[i].2 += ep
@@ -879,6 +930,7 @@ async fn small(ctx: &mut Ctx, distinct: bool) -> Result<(), String> {
             json!({
                 "req_s": rate, "p50_us": p50, "p99_us": p99,
                 "own_cpu_us_per_req": own_us,
+                "own_user_cpu_us_per_req": user_totals[i] * 1e6 / n.max(1) as f64,
                 "upstream_cpu_us_per_req": ep.upstream_pid.map(|_| up_us),
                 "rounds": rounds[i],
             }),
@@ -971,6 +1023,7 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                     .position(|e| e.name == ep.name)
                     .expect("endpoint");
                 let reset = procs::reset_peak_rss(ep.own_pid);
+                let rss_before = procs::status_kib(ep.own_pid, "VmRSS");
                 let (bytes, usage) = load::transfer_rounds(
                     &ep.target,
                     &blob,
@@ -981,6 +1034,7 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                     Meter {
                         pids: &ctx.pids,
                         tck: ctx.tck,
+                        callgrind: ctx.callgrind(ep.own_pid),
                     },
                 )
                 .await
@@ -1002,6 +1056,7 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                 u["mb_s"] = json!(mbs);
                 u["peak_rss_kib"] = json!(hwm);
                 u["peak_rss_reset"] = json!(reset);
+                u["rss_before_kib"] = json!(rss_before);
                 let p = &mut per[i];
                 p.rates.push(mbs);
                 p.own_cpu += own;
@@ -1121,6 +1176,7 @@ async fn tls_get(ctx: &mut Ctx) -> Result<(), String> {
                 Meter {
                     pids: &ctx.pids,
                     tck: ctx.tck,
+                    callgrind: ctx.callgrind(ep.own_pid),
                 },
             )
             .await
@@ -1247,9 +1303,11 @@ async fn tokens(ctx: &mut Ctx) -> Result<(), String> {
             let (conns, shared) = load::open_small(&k.target, ctx.opts.token_connections, &kind, 2)
                 .await
                 .map_err(|e| format!("tokens {}: {e}", k.key))?;
+            procs::callgrind_mark(ctx.callgrind(k.pid), true);
             let probe = Probe::start(&ctx.pids);
             let res = load::run_small(&k.target, conns, shared, duration).await;
             let usage = probe.end(ctx.tck);
+            procs::callgrind_mark(ctx.callgrind(k.pid), false);
             if res.errors > 0 {
                 ctx.warnings.push(format!(
                     "tokens {}: {} errors, first: {}",
@@ -1280,6 +1338,7 @@ async fn tokens(ctx: &mut Ctx) -> Result<(), String> {
             p.rounds.push(json!({
                 "tokens": res.requests, "errors": res.errors, "tokens_s": rate,
                 "wall_s": usage.wall, "gate_cpu_s": own, "slapd_cpu_s": ldap,
+                "gate_user_cpu_s": usage.user.get(&k.pid),
                 "client_core_busy": usage.core_busy.get(ctx.opts.client_cpu),
                 "foreign_cpu_s": usage.foreign,
             }));
@@ -1394,5 +1453,6 @@ fn options_json(o: &Options) -> Value {
         "quick": o.quick, "rounds": o.rounds, "small_secs": o.small_secs,
         "blob_min_secs": o.blob_secs, "connections": o.connections,
         "token_connections": o.token_connections, "only": o.only,
+        "nginx_buffering": o.nginx_buffering,
     })
 }

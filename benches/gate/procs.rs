@@ -145,23 +145,28 @@ pub fn clk_tck() -> f64 {
 
 /// utime + stime of a process (all its threads, living and exited), in ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) of a process, in ticks: user space and kernel apart.
+pub fn cpu_split(pid: u32) -> Option<(u64, u64)> {
     stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Same for this process (the load generator).
 pub fn self_cpu_ticks() -> Option<u64> {
-    stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|(u, s)| u + s)
 }
 
 /// Fields 14 and 15 of /proc/PID/stat, counted after the `)` that ends the
 /// command name (which may itself hold spaces and parentheses).
-fn stat_ticks(stat: &str) -> Option<u64> {
+fn stat_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `VmXXX:` line of /proc/PID/status, in KiB.
@@ -179,11 +184,26 @@ pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// With the gate under callgrind: zero its counters before a measured
+/// round (`start = true`) and dump them after it, so each dump file holds
+/// exactly one round's work (not start-up, not the bcrypt of the first login).
+pub fn callgrind_mark(pid: Option<u32>, start: bool) {
+    let Some(pid) = pid else { return };
+    let flag = if start { "-z" } else { "-d" };
+    let _ = Command::new("callgrind_control")
+        .arg(flag)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Busy and total ticks of one CPU (`cpuN` line) or of all (`cpu`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTimes {
     pub busy: u64,
     pub total: u64,
+    pub steal: u64,
 }
 
 /// /proc/stat: index 0 is the whole machine, index i + 1 is CPU i.
@@ -200,11 +220,14 @@ pub fn system_cpu_times() -> Vec<CpuTimes> {
                 .filter_map(|f| f.parse().ok())
                 .collect();
             let total: u64 = nums.iter().take(8).sum();
-            // idle and iowait are not busy.
-            let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
+            let field = |i: usize| nums.get(i).copied().unwrap_or(0);
+            // Not busy here: idle, iowait, and steal (the hypervisor ran
+            // another guest), which is reported apart.
+            let steal = field(7);
             CpuTimes {
-                busy: total.saturating_sub(idle),
+                busy: total.saturating_sub(field(3) + field(4) + steal),
                 total,
+                steal,
             }
         })
         .collect()
@@ -215,7 +238,7 @@ pub fn system_cpu_times() -> Vec<CpuTimes> {
 pub fn self_check() {
     let line =
         "4242 (registry) gate) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 37 0 0 20 0 3 0 100";
-    assert_eq!(stat_ticks(line), Some(187), "stat parser");
+    assert_eq!(stat_ticks(line), Some((150, 37)), "stat parser");
     let me = std::process::id();
     assert!(cpu_ticks(me).is_some(), "/proc/{me}/stat unreadable");
     assert!(status_kib(me, "VmRSS").is_some_and(|k| k > 0), "VmRSS");

@@ -325,15 +325,23 @@ pub async fn start_gate(
 /// distribution's own nginx recipe (Host and X-Forwarded-* headers, no body
 /// size limit, long read timeout) plus what a streaming proxy needs to be a
 /// fair comparison: keep-alive to the upstream, no response or request
-/// buffering to temp files. One process (`master_process off`), so its CPU
+/// buffering to temp files (`buffering = true` keeps nginx's defaults,
+/// measured slower here). One process (`master_process off`), so its CPU
 /// and memory are those of one PID; access log on, as the gate's is.
 pub async fn start_nginx(
     dir: &Path,
     upstream: &Target,
     tls: &TlsFiles,
     client_tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    buffering: bool,
     cpu: Option<usize>,
 ) -> Result<Server, String> {
+    // nginx's defaults buffer bodies (to temp files past its memory buffers).
+    let buffering = if buffering {
+        ""
+    } else {
+        "proxy_buffering off;\n      proxy_request_buffering off;"
+    };
     let mut last = String::new();
     for _ in 0..3 {
         let http_addr = loopback(free_port());
@@ -373,8 +381,7 @@ http {{
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_read_timeout 900;
-      proxy_buffering off;
-      proxy_request_buffering off;
+      {buffering}
     }}
   }}
 }}
