@@ -333,6 +333,8 @@ struct Acc {
     other_cpu: f64,
     rounds: Vec<Value>,
     peak_rss_kib: Option<u64>,
+    /// The largest rise of RSS within one transfer (peak minus RSS before).
+    rss_growth_kib: Option<u64>,
     rss_reset: bool,
 }
 
@@ -1063,10 +1065,13 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                 p.count += bytes;
                 p.rounds.push(u);
                 p.peak_rss_kib = p.peak_rss_kib.max(hwm);
+                if let (Some(peak), Some(before)) = (hwm, rss_before) {
+                    p.rss_growth_kib = p.rss_growth_kib.max(Some(peak.saturating_sub(before)));
+                }
                 p.rss_reset &= reset;
             }
         }
-        let mut vals = [[None; 3]; 3];
+        let mut vals = [[None; 3]; 4];
         let mut out = serde_json::Map::new();
         for (i, ep) in eps.iter().enumerate() {
             let Acc {
@@ -1075,6 +1080,7 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                 count: bytes,
                 rounds,
                 peak_rss_kib: hwm,
+                rss_growth_kib: growth,
                 rss_reset: reset,
                 ..
             } = &per[i];
@@ -1084,10 +1090,13 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
             vals[0][ep.col] = Some(mbs);
             vals[1][ep.col] = Some(cpu_per_gib);
             vals[2][ep.col] = rss_mib;
+            let growth_mib = growth.map(|k| k as f64 / 1024.0);
+            vals[3][ep.col] = growth_mib;
             out.insert(
                 ep.name.into(),
                 json!({"mb_s": mbs, "own_cpu_s_per_gib": cpu_per_gib,
                        "peak_rss_mib": rss_mib, "peak_rss_since_reset": reset,
+                       "rss_growth_mib": growth_mib,
                        "rounds": rounds}),
             );
             if ep.col == GATE && !reset {
@@ -1114,6 +1123,12 @@ async fn blobs(ctx: &mut Ctx, put: bool) -> Result<(), String> {
                 unit: "MiB",
                 values: vals[2],
                 target: "< 32 MiB".into(),
+            },
+            Row {
+                label: "RSS growth within one transfer".into(),
+                unit: "MiB",
+                values: vals[3],
+                target: "flat".into(),
             },
         ];
         if let (Some(g), Some(d)) = (vals[0][GATE], vals[0][DIRECT]) {
