@@ -93,6 +93,14 @@ fn record(app: &App, method: &Method, path: &str, resp: &Response<Body>) {
     }
 }
 
+/// Whether a request body is an HTML/OAuth2 form (the token POST, UI forms).
+pub fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
 /// `GET /metrics`: the Prometheus text exposition.
 pub fn metrics_response(app: &App) -> Response<Body> {
     let mut resp = Response::new(body::full(app.metrics.encode()));

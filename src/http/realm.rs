@@ -214,12 +214,7 @@ fn parse_get(query: &str, headers: &HeaderMap) -> Result<TokenRequest, ApiError>
 }
 
 async fn parse_post(req: Request<Incoming>) -> Result<TokenRequest, ApiError> {
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+    if !super::is_form(req.headers()) {
         return Err(ApiError::detail(
             ErrorCode::BadRequest,
             "token POSTs must be application/x-www-form-urlencoded",

@@ -849,12 +849,7 @@ fn parse_query(q: Option<&str>) -> Query {
 }
 
 async fn read_form(req: Request<Incoming>) -> Result<Query, UiError> {
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
+    if !crate::http::is_form(req.headers()) {
         return Err(UiError::BadRequest("Expected a form.".into()));
     }
     let bytes = body::collect_limited(body::stream(req.into_body()), MAX_FORM_BYTES)
