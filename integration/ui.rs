@@ -182,6 +182,17 @@ fn multi_arch(created: &str) -> Built {
 
 /// `skopeo copy --all oci:DIR:latest docker://GATE/REPO:TAG` as admin.
 async fn push(skopeo: &Skopeo, gate: &Gate, built: &Built, repo_tag: &str) {
+    push_as(skopeo, gate, built, repo_tag, ADMIN).await
+}
+
+/// The same as another account.
+async fn push_as(
+    skopeo: &Skopeo,
+    gate: &Gate,
+    built: &Built,
+    repo_tag: &str,
+    (user, pass): (&str, &str),
+) {
     let args: Vec<String> = [
         "copy",
         "--all",
@@ -190,7 +201,7 @@ async fn push(skopeo: &Skopeo, gate: &Gate, built: &Built, repo_tag: &str) {
         "--preserve-digests",
         "--dest-tls-verify=false",
         "--dest-creds",
-        "admin:badmin",
+        &format!("{user}:{pass}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -571,6 +582,19 @@ async fn ui_admin_deletes_tags_and_manifests() {
     push(&skopeo, gate, &v2, "team/app:v2").await;
     push(&skopeo, gate, &shared, "team/app:stable").await;
     push(&skopeo, gate, &shared, "team/app:current").await;
+    // For the activity page: a push by another account, and writes in
+    // repositories test may pull.
+    push_as(
+        &skopeo,
+        gate,
+        &image("2024-04-01T00:00:00Z"),
+        "mozart/opus:1",
+        MOZART,
+    )
+    .await;
+    let news = image("2024-05-01T00:00:00Z");
+    push(&skopeo, gate, &news, "public/news:1").await;
+    push(&skopeo, gate, &image("2024-05-02T00:00:00Z"), "test/tool:1").await;
     let b = Browser::start().await;
     login(&b, gate, ADMIN).await;
 
@@ -643,6 +667,140 @@ async fn ui_admin_deletes_tags_and_manifests() {
         b.attrs("#tags tbody tr", "data-tag").await,
         strings(&["v2"])
     );
+
+    // The activity page: the deletes (newest first) and who pushed what.
+    b.click("#nav-activity").await;
+    b.wait_url("the activity page", |u| u.ends_with("/ui/activity"))
+        .await;
+    let rows = activity(&b).await;
+    assert_eq!(
+        rows[0],
+        row(
+            "delete_manifest",
+            "admin",
+            "team/app",
+            "",
+            &shared.digest,
+            "ok"
+        ),
+        "the manifest delete is the newest: {rows:#?}"
+    );
+    assert!(
+        rows.contains(&row(
+            "delete_manifest",
+            "admin",
+            "team/app",
+            "",
+            &v1.digest,
+            "ok"
+        )),
+        "{rows:#?}"
+    );
+    // distribution 2.x refused the tag-only deletes; the page says so.
+    assert!(
+        rows.contains(&row(
+            "delete_manifest",
+            "admin",
+            "team/app",
+            "stable",
+            "",
+            "failed"
+        )),
+        "{rows:#?}"
+    );
+    for (account, repo, tag, built) in [
+        ("mozart", "mozart/opus", "1", None),
+        ("admin", "public/news", "1", Some(&news)),
+        ("admin", "team/app", "v2", Some(&v2)),
+        ("admin", "team/app", "v1", Some(&v1)),
+    ] {
+        let pushed = rows
+            .iter()
+            .find(|r| r[0] == "push_manifest" && r[2] == repo && r[3] == tag && r[5] == "ok");
+        let pushed = pushed.unwrap_or_else(|| panic!("{repo}:{tag} pushed: {rows:#?}"));
+        assert_eq!(pushed[1], account, "{repo}:{tag} pushed by {account}");
+        if let Some(built) = built {
+            assert_eq!(pushed[4], built.digest, "{repo}:{tag}");
+        }
+    }
+    assert!(
+        b.text("#activity tbody tr:first-child")
+            .await
+            .contains("deleted"),
+        "{}",
+        b.text("#activity").await
+    );
+    // A pushed tag that is still there is a link; a deleted one is not.
+    let links = b.attrs("#activity tbody a.ref", "href").await;
+    assert!(
+        links.contains(&"/ui/r/team/app/-/tag/v2".to_string()),
+        "{links:?}"
+    );
+    assert!(!links.iter().any(|l| l.ends_with("/-/tag/v1")), "{links:?}");
+    // Local time, from the script.
+    let shown = b.text("#activity tbody tr:first-child time").await;
+    assert!(!shown.ends_with("UTC"), "local time: {shown}");
+    b.screenshot("activity").await;
+    b.set_size(390, 844).await;
+    b.screenshot("activity-narrow").await;
+    b.set_size(1280, 900).await;
+    b.goto(&format!("{}/ui/activity?all=1", gate.url())).await;
+    let all = activity(&b).await;
+    assert!(
+        all.iter()
+            .any(|r| r[0] == "push_blob" && r[2] == "mozart/opus" && r[1] == "mozart"),
+        "blob uploads on asking: {all:#?}"
+    );
     logout(&b).await;
+
+    // test sees only the writes in public/* and test/*; anonymous, public/*.
+    login(&b, gate, TEST).await;
+    b.goto(&format!("{}/ui/activity", gate.url())).await;
+    let repos: Vec<String> = activity(&b)
+        .await
+        .into_iter()
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(repos, strings(&["test/tool", "public/news"]));
+    b.goto(&format!("{}/ui/activity?all=1", gate.url())).await;
+    for r in activity(&b).await {
+        assert!(r[2] == "test/tool" || r[2] == "public/news", "{r:?}");
+    }
+    logout(&b).await;
+    b.goto(&format!("{}/ui/activity", gate.url())).await;
+    let repos: Vec<String> = activity(&b)
+        .await
+        .into_iter()
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(repos, strings(&["public/news"]));
     b.close().await;
+}
+
+/// The rows of the activity page: (action, account, repository, tag,
+/// digest, outcome).
+async fn activity(b: &Browser) -> Vec<[String; 6]> {
+    let css = "#activity tbody tr";
+    let cols = [
+        b.attrs(css, "data-action").await,
+        b.attrs(css, "data-account").await,
+        b.attrs(css, "data-repo").await,
+        b.attrs(css, "data-tag").await,
+        b.attrs(css, "data-digest").await,
+        b.attrs(css, "data-outcome").await,
+    ];
+    (0..cols[0].len())
+        .map(|i| std::array::from_fn(|c| cols[c][i].clone()))
+        .collect()
+}
+
+fn row(
+    action: &str,
+    account: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+    outcome: &str,
+) -> [String; 6] {
+    [action, account, repo, tag, digest, outcome].map(str::to_string)
 }

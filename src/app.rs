@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, RecentWrites};
 use crate::authn::{Authenticators, LdapAuthenticator, LoginCache, StaticUsers};
 use crate::authz::Acl;
 use crate::config::Config;
@@ -73,14 +73,16 @@ pub enum BuildError {
 
 /// State that outlives one configuration: a reload builds a new `App` and
 /// hands it these from the old one, so counters keep counting, failed-login
-/// back-offs and ended UI sessions stay in force, and an ephemeral signing
-/// key (no `token.key`) keeps the tokens it signed valid.
+/// back-offs and ended UI sessions stay in force, the UI's activity page keeps
+/// its recent writes, and an ephemeral signing key (no `token.key`) keeps the
+/// tokens it signed valid.
 #[derive(Clone, Default)]
 pub struct Carried {
     pub metrics: Arc<Metrics>,
     pub throttle: Option<Arc<LoginThrottle>>,
     pub ui: Arc<UiState>,
     pub ephemeral_key: Option<Arc<SigningKey>>,
+    pub recent_writes: Arc<RecentWrites>,
 }
 
 impl App {
@@ -95,6 +97,7 @@ impl App {
             throttle: Some(self.throttle.clone()),
             ui: self.ui.clone(),
             ephemeral_key: (self.config.token.key.is_none()).then(|| self.key.clone()),
+            recent_writes: self.audit.recent(),
         }
     }
 
@@ -146,10 +149,12 @@ impl App {
             key_id: key.kid.clone(),
             key,
             readiness: ReadinessCache::default(),
-            audit: Audit::open(&config.raw.audit.output).map_err(|source| BuildError::Audit {
-                path: config.raw.audit.output.clone(),
-                source,
-            })?,
+            audit: Audit::open_with(&config.raw.audit.output, carried.recent_writes).map_err(
+                |source| BuildError::Audit {
+                    path: config.raw.audit.output.clone(),
+                    source,
+                },
+            )?,
             config,
         })
     }

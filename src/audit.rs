@@ -6,11 +6,16 @@
 //! `upstream_write` for every push, delete, mount and tag change that reached
 //! the upstream, with its outcome. Never a password or a token.
 //! Depends on nothing of the HTTP layer; the handlers call [`Audit::record`].
+//!
+//! Whatever the sink (even `off`), the last [`RECENT_WRITES`] upstream writes
+//! are also kept in memory for the web UI's activity page
+//! ([`Audit::recent_writes`]); a reload hands them to the next `Audit`.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -86,18 +91,67 @@ struct Line<'a> {
     event: &'a Event,
 }
 
+/// How many upstream writes [`RecentWrites`] keeps.
+pub const RECENT_WRITES: usize = 1000;
+
+/// One upstream write as the activity page shows it: an
+/// [`Event::UpstreamWrite`] with its time (the client address is left out:
+/// the page shows writes to other users).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentWrite {
+    pub at: SystemTime,
+    pub account: String,
+    pub action: &'static str,
+    pub repository: String,
+    pub reference: Option<String>,
+    pub digest: Option<String>,
+    pub status: u16,
+    pub outcome: &'static str,
+}
+
+/// The last [`RECENT_WRITES`] upstream writes, in memory (lost on restart,
+/// kept across reloads).
+#[derive(Default)]
+pub struct RecentWrites(Mutex<VecDeque<RecentWrite>>);
+
+impl RecentWrites {
+    fn push(&self, w: RecentWrite) {
+        // A panic elsewhere cannot leave a deque half-pushed: keep using it.
+        let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() >= RECENT_WRITES {
+            ring.pop_front();
+        }
+        ring.push_back(w);
+    }
+
+    /// Newest first.
+    pub fn newest_first(&self) -> Vec<RecentWrite> {
+        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().cloned().collect()
+    }
+}
+
 /// The audit trail of one gate.
 pub struct Audit {
     sink: Sink,
+    recent: Arc<RecentWrites>,
 }
 
 impl Audit {
     pub fn new(sink: Sink) -> Self {
-        Audit { sink }
+        Audit {
+            sink,
+            recent: Arc::default(),
+        }
     }
 
     /// Opens the sink named by the `[audit] output` setting.
     pub fn open(output: &str) -> std::io::Result<Audit> {
+        Audit::open_with(output, Arc::default())
+    }
+
+    /// Like [`Audit::open`], continuing `recent` (the previous app's, on a reload).
+    pub fn open_with(output: &str, recent: Arc<RecentWrites>) -> std::io::Result<Audit> {
         let sink = match output {
             "off" => Sink::Off,
             "stdout" => Sink::Stdout,
@@ -108,17 +162,50 @@ impl Audit {
                     .open(Path::new(path))?,
             )),
         };
-        Ok(Audit { sink })
+        Ok(Audit { sink, recent })
+    }
+
+    /// The kept upstream writes, to hand to the next `Audit` on a reload.
+    pub fn recent(&self) -> Arc<RecentWrites> {
+        self.recent.clone()
+    }
+
+    /// The last [`RECENT_WRITES`] upstream writes, newest first.
+    pub fn recent_writes(&self) -> Vec<RecentWrite> {
+        self.recent.newest_first()
     }
 
     /// Writes one event as one line. A write failure is logged, never fatal:
     /// the gate keeps serving even when the audit disk is full.
     pub fn record(&self, event: Event) {
+        let now = SystemTime::now();
+        if let Event::UpstreamWrite {
+            account,
+            action,
+            repository,
+            reference,
+            digest,
+            status,
+            outcome,
+            ..
+        } = &event
+        {
+            self.recent.push(RecentWrite {
+                at: now,
+                account: account.clone(),
+                action,
+                repository: repository.clone(),
+                reference: reference.clone(),
+                digest: digest.clone(),
+                status: *status,
+                outcome,
+            });
+        }
         if matches!(self.sink, Sink::Off) {
             return;
         }
         let line = Line {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ts: humantime::format_rfc3339_millis(now).to_string(),
             event: &event,
         };
         let mut text = match serde_json::to_string(&line) {
@@ -182,6 +269,57 @@ mod tests {
         assert_eq!(lines[1]["event"], "upstream_write");
         assert_eq!(lines[1]["reference"], "1.4");
         assert_eq!(lines[1]["status"], 201);
+    }
+
+    fn write(repository: &str, reference: &str) -> Event {
+        Event::UpstreamWrite {
+            account: "admin".into(),
+            client: "10.0.0.2".parse().unwrap(),
+            action: "push_manifest",
+            repository: repository.into(),
+            reference: Some(reference.into()),
+            digest: None,
+            status: 201,
+            outcome: "ok",
+        }
+    }
+
+    #[test]
+    fn recent_writes_are_kept_even_when_off_newest_first_and_bounded() {
+        let audit = Audit::open("off").unwrap();
+        audit.record(Event::LoginFailed {
+            account: "a".into(),
+            client: "::1".parse().unwrap(),
+            reason: "bad_credentials",
+        });
+        assert!(audit.recent_writes().is_empty(), "only upstream writes");
+        let before = SystemTime::now();
+        audit.record(write("team/app", "1"));
+        audit.record(write("team/app", "2"));
+        let recent = audit.recent_writes();
+        let refs: Vec<_> = recent.iter().map(|w| w.reference.as_deref()).collect();
+        assert_eq!(refs, [Some("2"), Some("1")]);
+        assert_eq!(recent[0].account, "admin");
+        assert_eq!(recent[0].action, "push_manifest");
+        assert_eq!((recent[0].status, recent[0].outcome), (201, "ok"));
+        assert!(recent[1].at >= before && recent[0].at >= recent[1].at);
+
+        for i in 0..RECENT_WRITES + 5 {
+            audit.record(write("team/app", &format!("n{i}")));
+        }
+        let recent = audit.recent_writes();
+        assert_eq!(recent.len(), RECENT_WRITES);
+        assert_eq!(
+            recent[0].reference.as_deref(),
+            Some(format!("n{}", RECENT_WRITES + 4).as_str())
+        );
+        assert_eq!(recent[RECENT_WRITES - 1].reference.as_deref(), Some("n5"));
+
+        // The next Audit (a reload) goes on with the same writes.
+        let next = Audit::open_with("off", audit.recent()).unwrap();
+        next.record(write("team/app", "after"));
+        assert_eq!(next.recent_writes().len(), RECENT_WRITES);
+        assert_eq!(next.recent_writes()[0].reference.as_deref(), Some("after"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - `GET /ui/r/<name>` tags; `GET /ui/r/<name>/-/tag/<tag>`,
 //!   `GET /ui/r/<name>/-/manifest/<digest>` a manifest or index
 //! - `GET /ui/r/<name>/-/delete?reference=..` confirmation, `POST` deletes
+//! - `GET /ui/activity` recent upstream writes (`?repo=`, `?all=1`, `?page=`)
 //! - `GET /ui/static/<file>` assets
 //!
 //! (`-` cannot be a repository path component, so `/-/` separates the name.)
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod session;
 mod views;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,10 +34,12 @@ use hyper::body::Incoming;
 
 use crate::access;
 use crate::app::App;
+use crate::audit::RecentWrite;
 use crate::authn::Identity;
 use crate::authz::Subject;
 use crate::http::Conn;
 use crate::http::body::{self, Body};
+use crate::scope::{Action, Scope};
 use crate::secret::Secret;
 use crate::upstream::Origin;
 
@@ -47,6 +51,8 @@ use views::{Layout, MessagePage, Pager};
 const REPOS_PER_PAGE: usize = 100;
 /// Tags a page.
 const TAGS_PER_PAGE: usize = 50;
+/// Upstream writes a page on the activity page.
+const WRITES_PER_PAGE: usize = 50;
 /// Up to this many tags, every tag is looked up and the list sorted by date;
 /// beyond, sorted by name and only the shown page is looked up.
 const MAX_DETAILED_TAGS: usize = 300;
@@ -239,7 +245,8 @@ async fn route(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bod
         "login" if read => Ok(login_page(ctx, &query)),
         "login" if method == Method::POST => login_post(ctx, req).await,
         "logout" if method == Method::POST => logout(ctx, req).await,
-        "" | "login" | "logout" => Err(UiError::MethodNotAllowed),
+        "activity" if read => activity(ctx, &query),
+        "" | "login" | "logout" | "activity" => Err(UiError::MethodNotAllowed),
         _ => {
             let Some(r) = rest.strip_prefix("r/") else {
                 return Err(UiError::NotFound("There is no such page.".into()));
@@ -294,6 +301,65 @@ async fn repositories(ctx: &mut Ctx<'_>, query: &Query) -> Result<Response<Body>
         pager: Pager::new(page, pages, |p| format!("/ui/?q={qs}&page={p}")),
         q,
         truncated,
+    };
+    render(StatusCode::OK, &page_view)
+}
+
+/// The recent upstream writes (pushes, deletes, mounts) the audit trail
+/// kept, in the repositories the viewer may pull, newest first.
+fn activity(ctx: &Ctx<'_>, query: &Query) -> Result<Response<Body>, UiError> {
+    let repo = query.get("repo").trim().to_owned();
+    if !repo.is_empty() && !access::is_valid_name(&repo) {
+        return Err(UiError::BadRequest("That is not a repository name.".into()));
+    }
+    let all = query.get("all") == "1";
+    let subject = ctx.subject();
+    // The same check as the repository list, once per repository.
+    let mut may_pull: HashMap<String, bool> = HashMap::new();
+    let writes: Vec<RecentWrite> = ctx
+        .app
+        .audit
+        .recent_writes()
+        .into_iter()
+        .filter(|w| repo.is_empty() || w.repository == repo)
+        .filter(|w| {
+            *may_pull.entry(w.repository.clone()).or_insert_with(|| {
+                access::is_valid_name(&w.repository)
+                    && ctx
+                        .app
+                        .acl
+                        .allows(&subject, &Scope::repository(&w.repository, [Action::Pull]))
+            })
+        })
+        .collect();
+    let rows = views::activity_rows(&writes);
+    let (rows, hidden): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| all || !r.blob);
+    let (start, end, pages, page) = views::paginate(rows.len(), query.page(), WRITES_PER_PAGE);
+    let href = |all: bool, page: usize| {
+        let mut h = "/ui/activity?".to_owned();
+        if !repo.is_empty() {
+            h.push_str("repo=");
+            h.extend(form_urlencoded::byte_serialize(repo.as_bytes()));
+            h.push('&');
+        }
+        if all {
+            h.push_str("all=1&");
+        }
+        h.push_str(&format!("page={page}"));
+        h
+    };
+    let page_view = views::ActivityPage {
+        layout: ctx.layout("Activity"),
+        total: rows.len(),
+        from: start + 1,
+        to: end,
+        rows: rows[start..end].to_vec(),
+        pager: Pager::new(page, pages, |p| href(all, p)),
+        hidden: hidden.len(),
+        toggle: href(!all, 1),
+        all,
+        repo,
+        capacity: crate::audit::RECENT_WRITES,
     };
     render(StatusCode::OK, &page_view)
 }
@@ -569,7 +635,14 @@ async fn delete_post(
         "The upstream registry has deletion disabled (distribution: storage.delete.enabled is false), so nothing was deleted.".into(),
     )
     };
-    let outcome = registry::delete(ctx.app, &g, &reference, &ctx.origin).await?;
+    let outcome = registry::delete(
+        ctx.app,
+        &g,
+        &ctx.viewer.identity.account,
+        &reference,
+        &ctx.origin,
+    )
+    .await?;
     let done = |ctx: &Ctx<'_>, text: String| {
         message(ctx, StatusCode::OK, "Deleted", text, false, back.clone())
     };
@@ -615,7 +688,15 @@ async fn delete_post(
                     "The upstream registry cannot delete a tag alone, and manifest {expected} is also used by {others}; nothing was deleted. Delete the manifest to remove all of its tags."
                 )));
             }
-            match registry::delete(ctx.app, &g, &expected, &ctx.origin).await? {
+            match registry::delete(
+                ctx.app,
+                &g,
+                &ctx.viewer.identity.account,
+                &expected,
+                &ctx.origin,
+            )
+            .await?
+            {
                 Deleted::Done => {
                     audit("tag", &expected);
                     Ok(done(

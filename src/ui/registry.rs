@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::app::App;
+use crate::audit::Event;
 use crate::authz::Subject;
 use crate::http::body;
 use crate::scope::{Action, Scope};
@@ -710,9 +711,12 @@ pub enum Deleted {
 }
 
 /// `DELETE /v2/<name>/manifests/<reference>`, only when the ACL grants delete.
+/// Every attempt that reaches the upstream goes into the audit trail as an
+/// `upstream_write` by `account`, as a delete through `/v2/` does.
 pub async fn delete(
     app: &App,
     g: &Granted,
+    account: &str,
     reference: &str,
     origin: &Origin,
 ) -> Result<Deleted, UiError> {
@@ -723,11 +727,31 @@ pub async fn delete(
         )));
     }
     let pq = format!("/v2/{}/manifests/{reference}", g.name);
-    let resp = app
+    let result = app
         .upstream
         .request(Method::DELETE, &pq, None, origin)
-        .await
-        .map_err(upstream_down)?;
+        .await;
+    let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+    app.audit.record(Event::UpstreamWrite {
+        account: account.to_owned(),
+        client: origin.client_ip,
+        action: "delete_manifest",
+        repository: g.name.clone(),
+        reference: Some(reference.to_owned()),
+        digest: result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.headers().get("docker-content-digest"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        status,
+        outcome: if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "failed"
+        },
+    });
+    let resp = result.map_err(upstream_down)?;
     let status = resp.status();
     if status.is_success() {
         return Ok(Deleted::Done);

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::audit::Event;
 use crate::config::Config;
 use crate::config::RawConfig;
 
@@ -110,8 +111,36 @@ struct Gate {
 async fn gate() -> Gate {
     let deletes = Arc::new(AtomicUsize::new(0));
     let upstream = fake_upstream(deletes.clone()).await;
+    let raw: RawConfig = toml::from_str(&config_text(upstream)).unwrap();
+    let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
+    let live = Arc::new(crate::reload::Live::fixed(app.clone()));
+    serve(app, live, deletes).await
+}
+
+async fn serve(app: Arc<App>, live: Arc<crate::reload::Live>, deletes: Arc<AtomicUsize>) -> Gate {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(crate::server::serve(
+        listener,
+        live,
+        None,
+        std::future::pending(),
+    ));
+    Gate {
+        app,
+        base,
+        deletes,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    }
+}
+
+fn config_text(upstream: SocketAddr) -> String {
     let hash = bcrypt::hash("pw", 4).unwrap();
-    let text = format!(
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -130,27 +159,7 @@ actions = ["*"]
 match = {{ name = "open/*" }}
 actions = ["pull"]
 "#
-    );
-    let raw: RawConfig = toml::from_str(&text).unwrap();
-    let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(crate::server::serve(
-        listener,
-        Arc::new(crate::reload::Live::fixed(app.clone())),
-        None,
-        std::future::pending(),
-    ));
-    Gate {
-        app,
-        base,
-        deletes,
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-    }
+    )
 }
 
 /// `name=value` of each `Set-Cookie` named `name`.
@@ -451,4 +460,379 @@ async fn wrong_passwords_count_against_the_login_throttle() {
             .unwrap()
             .contains("Too many failed logins")
     );
+}
+
+/// An `upstream_write` as `src/http/registry.rs` records it.
+fn write(
+    account: &str,
+    action: &'static str,
+    repo: &str,
+    reference: Option<&str>,
+    digest: Option<&str>,
+    status: u16,
+) -> Event {
+    Event::UpstreamWrite {
+        account: account.into(),
+        client: "127.0.0.1".parse().unwrap(),
+        action,
+        repository: repo.into(),
+        reference: reference.map(str::to_owned),
+        digest: digest.map(str::to_owned),
+        status,
+        outcome: if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "failed"
+        },
+    }
+}
+
+/// `(data-action, data-account, data-repo, data-tag, data-outcome)` of each
+/// row of the activity table, top to bottom.
+fn activity_rows(html: &str) -> Vec<[String; 5]> {
+    let attr = |tr: &str, name: &str| {
+        let key = format!(r#"{name}=""#);
+        let at = tr.find(&key).unwrap_or_else(|| panic!("{name} in {tr}")) + key.len();
+        tr[at..at + tr[at..].find('"').unwrap()].to_owned()
+    };
+    html.split("<tr data-action=")
+        .skip(1)
+        .map(|tr| {
+            let tr = format!("data-action={tr}");
+            [
+                attr(&tr, "data-action"),
+                attr(&tr, "data-account"),
+                attr(&tr, "data-repo"),
+                attr(&tr, "data-tag"),
+                attr(&tr, "data-outcome"),
+            ]
+        })
+        .collect()
+}
+
+fn row(action: &str, account: &str, repo: &str, tag: &str, outcome: &str) -> [String; 5] {
+    [action, account, repo, tag, outcome].map(str::to_owned)
+}
+
+#[tokio::test]
+async fn activity_shows_only_the_writes_in_repositories_the_viewer_may_pull() {
+    let g = gate().await;
+    let digest = sha256_digest(manifest().as_bytes());
+    let blob = format!("sha256:{}", "cd".repeat(32));
+    let audit = &g.app.audit;
+    audit.record(write(
+        "alice",
+        "push_blob",
+        "open/a",
+        None,
+        Some(&blob),
+        201,
+    ));
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some("v1"),
+        Some(&digest),
+        201,
+    ));
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "closed/b",
+        Some("v1"),
+        Some(&digest),
+        201,
+    ));
+    audit.record(write("", "push_manifest", "open/a", Some("v2"), None, 400));
+
+    // A delete through /v2/ with a token: the fake upstream refuses it (405),
+    // and the gate's audit trail says so.
+    let token: serde_json::Value = g
+        .client
+        .get(format!(
+            "{}/auth?service={}&scope=repository:closed/b:delete",
+            g.base, g.app.config.token.service
+        ))
+        .basic_auth("alice", Some("pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = g
+        .client
+        .delete(format!("{}/v2/closed/b/manifests/{digest}", g.base))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(g.deletes.load(Ordering::SeqCst), 1);
+
+    // A delete from the UI is recorded too, as the signed-in account.
+    let (alice, csrf) = g.login("alice").await;
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("reference", "v1"),
+        ("digest", digest.as_str()),
+    ];
+    assert_eq!(
+        g.post("/ui/r/open/a/-/delete", &alice, &form)
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(g.deletes.load(Ordering::SeqCst), 2);
+
+    // alice may pull everything: every image write, newest first.
+    let resp = g.get("/ui/activity", &alice).await;
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert_eq!(
+        activity_rows(&html),
+        [
+            row("delete_manifest", "alice", "open/a", "v1", "failed"),
+            row("delete_manifest", "alice", "closed/b", "", "failed"),
+            row("push_manifest", "", "open/a", "v2", "failed"),
+            row("push_manifest", "alice", "closed/b", "v1", "ok"),
+            row("push_manifest", "alice", "open/a", "v1", "ok"),
+        ],
+        "{html}"
+    );
+    assert!(html.contains(r#"aria-current="page">Activity<"#), "{html}");
+    assert!(html.contains("tried to delete"), "{html}");
+    assert!(html.contains("(HTTP 405)"), "{html}");
+    // A failed delete takes nothing away: the pushed tag is still linked.
+    assert!(html.contains(r#"href="/ui/r/open/a/-/tag/v1""#), "{html}");
+    assert!(html.contains(r#"href="/ui/r/closed/b/-/tag/v1""#), "{html}");
+    // The blob upload shows on asking.
+    assert!(!html.contains(&blob), "blobs are left out by default");
+    let html = g
+        .get("/ui/activity?all=1", &alice)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(activity_rows(&html).len(), 6, "{html}");
+    assert_eq!(
+        activity_rows(&html)[5],
+        row("push_blob", "alice", "open/a", "", "ok")
+    );
+    assert!(html.contains(&blob[..19]), "{html}");
+
+    // bob and anonymous may pull open/* only: closed/b's writes are not there.
+    let (bob, _) = g.login("bob").await;
+    let only_open = [
+        row("delete_manifest", "alice", "open/a", "v1", "failed"),
+        row("push_manifest", "", "open/a", "v2", "failed"),
+        row("push_manifest", "alice", "open/a", "v1", "ok"),
+    ];
+    for cookie in [bob.as_str(), ""] {
+        let html = g.get("/ui/activity", cookie).await.text().await.unwrap();
+        assert_eq!(activity_rows(&html), only_open, "{html}");
+        assert!(!html.contains("closed/b"), "{html}");
+        let html = g
+            .get("/ui/activity?repo=closed/b&all=1", cookie)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(activity_rows(&html).is_empty(), "{html}");
+        assert!(html.contains(r#"id="empty""#), "{html}");
+    }
+    let html = g.get("/ui/activity", "").await.text().await.unwrap();
+    assert!(
+        html.contains(r#"href="/ui/login?next=/ui/activity""#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<span class="muted">anonymous</span>"#),
+        "{html}"
+    );
+
+    // One repository's writes.
+    let html = g
+        .get("/ui/activity?repo=closed/b", &alice)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        activity_rows(&html),
+        [
+            row("delete_manifest", "alice", "closed/b", "", "failed"),
+            row("push_manifest", "alice", "closed/b", "v1", "ok"),
+        ],
+        "{html}"
+    );
+    let page = g.get("/ui/r/closed/b", &alice).await.text().await.unwrap();
+    assert!(
+        page.contains(r#"href="/ui/activity?repo=closed%2Fb""#),
+        "{page}"
+    );
+    let html = g
+        .get("/ui/activity?repo=closed%2Fb", &alice)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(activity_rows(&html).len(), 2, "{html}");
+    assert_eq!(g.get("/ui/activity?repo=..", &alice).await.status(), 400);
+    assert_eq!(g.post("/ui/activity", &alice, &[]).await.status(), 405);
+}
+
+#[tokio::test]
+async fn activity_links_only_what_is_still_there_and_pages() {
+    let g = gate().await;
+    let (alice, _) = g.login("alice").await;
+    let html = g.get("/ui/activity", &alice).await.text().await.unwrap();
+    assert!(html.contains(r#"id="empty""#), "{html}");
+
+    let d1 = format!("sha256:{}", "1".repeat(64));
+    let d2 = format!("sha256:{}", "2".repeat(64));
+    let audit = &g.app.audit;
+    // v1 pushed twice (d1, then d2), d1 pushed as "old", then d1 deleted.
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some("v1"),
+        Some(&d1),
+        201,
+    ));
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some("old"),
+        Some(&d1),
+        201,
+    ));
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some("v1"),
+        Some(&d2),
+        201,
+    ));
+    audit.record(write(
+        "alice",
+        "delete_manifest",
+        "open/a",
+        Some(&d1),
+        None,
+        202,
+    ));
+    audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some(&d2),
+        Some(&d2),
+        201,
+    ));
+    let html = g.get("/ui/activity", &alice).await.text().await.unwrap();
+    // The link around each row's tag or digest, if there is one.
+    let links: Vec<&str> = html
+        .split("<tr data-action=")
+        .skip(1)
+        .map(|tr| {
+            let Some((before, _)) = tr.split_once(r#" class="ref">"#) else {
+                return "";
+            };
+            let (_, tag) = before.rsplit_once('<').unwrap();
+            tag.strip_prefix(r#"a href=""#)
+                .map_or("", |href| href.trim_end_matches('"'))
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [
+            // by digest: its manifest page
+            &format!("/ui/r/open/a/-/manifest/{d2}")[..],
+            // a delete has nothing to show
+            "",
+            // the newest v1 push: the tag
+            "/ui/r/open/a/-/tag/v1",
+            // "old" and the first v1 pointed to the deleted d1
+            "",
+            "",
+        ],
+        "{html}"
+    );
+    assert!(
+        html.contains(">deleted<") || html.contains(">deleted "),
+        "{html}"
+    );
+
+    // Paged, 50 a page, newest first.
+    for i in 0..60 {
+        audit.record(write(
+            "alice",
+            "push_manifest",
+            "open/a",
+            Some(&format!("n{i}")),
+            None,
+            201,
+        ));
+    }
+    let html = g.get("/ui/activity", &alice).await.text().await.unwrap();
+    let rows = activity_rows(&html);
+    assert_eq!(rows.len(), 50);
+    assert_eq!(rows[0][3], "n59");
+    assert!(html.contains("65 writes, 1–50 shown"), "{html}");
+    assert!(
+        html.contains(r#"href="/ui/activity?page=2" rel="next""#),
+        "{html}"
+    );
+    let html = g
+        .get("/ui/activity?page=2", &alice)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let rows = activity_rows(&html);
+    assert_eq!(rows.len(), 15);
+    assert_eq!(rows[14][3], "v1");
+}
+
+#[tokio::test]
+async fn activity_survives_a_reload() {
+    let deletes = Arc::new(AtomicUsize::new(0));
+    let upstream = fake_upstream(deletes.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, config_text(upstream)).unwrap();
+    let app = Arc::new(App::build(crate::config::load(&path, true).unwrap()).unwrap());
+    let live = Arc::new(crate::reload::Live::new(app.clone(), path.clone(), true));
+    let g = serve(app, live.clone(), deletes).await;
+    g.app.audit.record(write(
+        "alice",
+        "push_manifest",
+        "open/a",
+        Some("v1"),
+        None,
+        201,
+    ));
+
+    // The new config lets anonymous pull nothing; the writes stay.
+    let text = config_text(upstream).replace(r#"name = "open/*""#, r#"name = "none/*""#);
+    std::fs::write(&path, text).unwrap();
+    live.reload().unwrap();
+    let current = live.current();
+    assert!(!Arc::ptr_eq(&current, &g.app), "a new app");
+    assert_eq!(current.audit.recent_writes().len(), 1);
+    let (alice, _) = g.login("alice").await;
+    let html = g.get("/ui/activity", &alice).await.text().await.unwrap();
+    assert_eq!(
+        activity_rows(&html),
+        [row("push_manifest", "alice", "open/a", "v1", "ok")],
+        "{html}"
+    );
+    // The new ACL applies to what the page shows.
+    let html = g.get("/ui/activity", "").await.text().await.unwrap();
+    assert!(activity_rows(&html).is_empty(), "{html}");
 }

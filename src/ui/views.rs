@@ -5,6 +5,7 @@ use askama::Template;
 
 use super::assets;
 use super::registry::{self, ImageConfig, Manifest, Referrers};
+use crate::audit::RecentWrite;
 
 /// What every page's frame needs.
 pub struct Layout {
@@ -388,6 +389,123 @@ pub struct DeletePage {
     pub other_tags: Vec<String>,
     /// The tags could not all be looked up.
     pub others_unknown: bool,
+}
+
+/// One upstream write on the activity page.
+#[derive(Debug, Clone)]
+pub struct ActivityRow {
+    /// RFC 3339 (UTC, seconds) for `<time datetime>`.
+    pub iso: String,
+    /// `2024-05-01 10:00:05 UTC`, until the script shows local time.
+    pub shown: String,
+    /// `""`: anonymous.
+    pub account: String,
+    /// The audit trail's action (`push_manifest`...).
+    pub action: &'static str,
+    /// `pushed`, `tried to delete`...
+    pub verb: String,
+    /// A blob upload, mount or delete, not an image's manifest.
+    pub blob: bool,
+    pub repository: String,
+    /// The tag, when the write named one.
+    pub tag: Option<String>,
+    /// The manifest's or blob's digest, when known.
+    pub digest: Option<String>,
+    pub short: String,
+    /// Where the pushed image can be seen now, if it still can (as far as
+    /// the kept writes tell).
+    pub link: Option<String>,
+    pub ok: bool,
+    pub status: u16,
+}
+
+/// Rows for `writes` (newest first, as `Audit::recent_writes` gives them).
+pub fn activity_rows(writes: &[RecentWrite]) -> Vec<ActivityRow> {
+    use std::collections::HashSet;
+    // What newer writes did, seen while walking back in time.
+    let mut deleted: HashSet<(&str, &str)> = HashSet::new();
+    let mut repushed: HashSet<(&str, &str)> = HashSet::new();
+    let mut rows = Vec::with_capacity(writes.len());
+    for w in writes {
+        let repo = w.repository.as_str();
+        let ok = w.outcome == "ok";
+        let by_digest = w
+            .reference
+            .as_deref()
+            .filter(|r| crate::access::is_valid_digest(r));
+        let tag = w.reference.as_deref().filter(|_| by_digest.is_none());
+        let digest = by_digest.or(w.digest.as_deref());
+        let blob = w.action.ends_with("_blob");
+        let link = if ok && w.action == "push_manifest" {
+            let gone = digest.is_some_and(|d| deleted.contains(&(repo, d)))
+                || tag.is_some_and(|t| deleted.contains(&(repo, t)));
+            match (tag, digest) {
+                _ if gone => None,
+                (Some(t), _) if !repushed.contains(&(repo, t)) => {
+                    Some(format!("/ui/r/{repo}/-/tag/{t}"))
+                }
+                (_, Some(d)) => Some(format!("/ui/r/{repo}/-/manifest/{d}")),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if ok && w.action == "delete_manifest" {
+            deleted.extend(w.reference.as_deref().map(|r| (repo, r)));
+            deleted.extend(digest.map(|d| (repo, d)));
+        }
+        if ok && w.action == "push_manifest" {
+            repushed.extend(tag.map(|t| (repo, t)));
+        }
+        let word = match w.action {
+            "push_manifest" | "push_blob" => ("pushed", "push"),
+            "delete_manifest" | "delete_blob" => ("deleted", "delete"),
+            "mount_blob" => ("mounted", "mount"),
+            _ => ("changed", "change"),
+        };
+        let t = humantime::format_rfc3339_seconds(w.at).to_string();
+        rows.push(ActivityRow {
+            shown: format!("{} {} UTC", &t[..10], &t[11..19]),
+            iso: t,
+            account: w.account.clone(),
+            action: w.action,
+            verb: if ok {
+                word.0.to_owned()
+            } else {
+                format!("tried to {}", word.1)
+            },
+            blob,
+            repository: w.repository.clone(),
+            tag: tag.map(str::to_owned),
+            short: digest.map(short_digest).unwrap_or_default(),
+            digest: digest.map(str::to_owned),
+            link,
+            ok,
+            status: w.status,
+        });
+    }
+    rows
+}
+
+#[derive(Template)]
+#[template(path = "ui/activity.html")]
+pub struct ActivityPage {
+    pub layout: Layout,
+    /// Only this repository's writes (`?repo=`), when set.
+    pub repo: String,
+    /// Blob writes shown too (`?all=1`).
+    pub all: bool,
+    pub rows: Vec<ActivityRow>,
+    pub total: usize,
+    pub from: usize,
+    pub to: usize,
+    pub pager: Pager,
+    /// Blob writes left out (when not `all`).
+    pub hidden: usize,
+    /// The same page with `all` switched.
+    pub toggle: String,
+    /// How many writes the gate keeps.
+    pub capacity: usize,
 }
 
 /// `sha256:0123456789ab`: enough to tell digests apart on a page.

@@ -42,7 +42,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const d = new Date(t.getAttribute("datetime"));
     if (isNaN(d)) continue;
     t.title = t.textContent;
-    t.textContent = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    const seconds = t.hasAttribute("data-seconds");
+    t.textContent = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: seconds ? "medium" : "short" });
   }
 });
 
