@@ -392,3 +392,34 @@ async fn sighup_applies_a_new_acl_without_breaking_a_running_pull() {
         "the pull started before the reload completes intact"
     );
 }
+
+/// The image builds from what the Dockerfile copies: every directory that
+/// Cargo.toml's targets live in, and the compiled-in templates.
+#[test]
+fn dockerfile_copies_what_the_build_needs() {
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("docker/Dockerfile")).expect("Dockerfile");
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| l.split_whitespace().rev().skip(1))
+        .collect();
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml"),
+    )
+    .expect("Cargo.toml");
+    let mut needed = vec!["Cargo.toml", "Cargo.lock", "src", "templates"];
+    for section in ["test", "bench", "bin"] {
+        for target in manifest[section].as_array().into_iter().flatten() {
+            let path = target["path"].as_str().expect("target path");
+            needed.push(path.split('/').next().expect("top directory"));
+        }
+    }
+    for dir in needed {
+        assert!(
+            copied.contains(&dir),
+            "docker/Dockerfile does not COPY {dir}: {copied:?}"
+        );
+    }
+}
