@@ -42,6 +42,7 @@ impl Issuer {
         lifetime: Duration,
         refresh_lifetime: Duration,
     ) -> Self {
+        super::crypto::install();
         Issuer {
             key,
             issuer: issuer.to_owned(),
