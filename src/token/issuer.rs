@@ -78,6 +78,7 @@ impl Issuer {
                 Default::default()
             },
             token_use: None,
+            granted: Default::default(),
         };
         let token = encode(&self.header(), &claims, &self.key.encoding)
             .map_err(|e| IssueError(e.to_string()))?;

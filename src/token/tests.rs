@@ -61,6 +61,7 @@ fn claims(exp: u64, nbf: u64, iss: &str, aud: &str) -> AccessClaims {
         access: vec![],
         labels: Default::default(),
         token_use: None,
+        granted: Default::default(),
     }
 }
 

@@ -133,6 +133,8 @@ impl Verifier {
         if claims.token_use.is_some() {
             return Err(TokenError::Kind);
         }
+        // Build the granted scopes now, once, for every cached use.
+        claims.granted();
         let claims = Arc::new(claims);
         self.cache.insert(token.to_owned(), claims.clone());
         Ok(claims)
