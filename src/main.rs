@@ -67,7 +67,8 @@ fn main() -> ExitCode {
             .ok()
             .map(|raw| raw.log.format)
     });
-    init_logging(log_format.as_deref().unwrap_or("text"));
+    // Kept to the end of main: dropping it writes out what is still queued.
+    let _log_guard = init_logging(log_format.as_deref().unwrap_or("text"));
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(path, explicit),
         Command::HashPassword { cost } => hash_password(cost),
@@ -87,17 +88,126 @@ fn path_of(cli: &Cli) -> (PathBuf, bool) {
     }
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str) -> log_writer::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGISTRY_GATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = log_writer::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
+    }
+    guard
+}
+
+/// The log off the request path: each formatted line goes through a bounded
+/// channel to a thread that writes them to stderr in batches (one `write(2)`
+/// per batch instead of one per line; stderr is unbuffered). Nothing is
+/// dropped: when the queue is full, logging waits. The [`Guard`] (held by
+/// `main`) writes out the queue when it is dropped.
+mod log_writer {
+    use std::io::Write;
+    use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+    use std::time::Duration;
+
+    /// Lines queued at most before logging waits for the writer.
+    const QUEUE: usize = 16 * 1024;
+    /// Written out once this much is buffered, even if more is queued.
+    const BATCH: usize = 64 * 1024;
+
+    enum Msg {
+        Line(Vec<u8>),
+        Flush(SyncSender<()>),
+    }
+
+    #[derive(Clone)]
+    pub struct Writer(SyncSender<Msg>);
+
+    impl Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.0.send(Msg::Line(buf.to_vec())) {
+                Ok(()) => Ok(buf.len()),
+                // The writer thread is gone (it never exits on its own):
+                // write directly rather than lose the line.
+                Err(_) => std::io::stderr().write(buf),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
+        type Writer = Writer;
+
+        fn make_writer(&'a self) -> Writer {
+            self.clone()
+        }
+    }
+
+    /// Flushes the queue when dropped (waiting at most a few seconds).
+    pub struct Guard(SyncSender<Msg>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let (ack, done) = sync_channel(1);
+            if self.0.send(Msg::Flush(ack)).is_ok() {
+                let _ = done.recv_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+
+    pub fn stderr() -> (Writer, Guard) {
+        let (tx, rx) = sync_channel(QUEUE);
+        // Without a thread the receiver is dropped with the closure, and
+        // every write falls back to a direct write to stderr.
+        let _ = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || run(rx));
+        (Writer(tx.clone()), Guard(tx))
+    }
+
+    fn run(rx: Receiver<Msg>) {
+        // Not locked for good: `eprintln!` elsewhere must still get through.
+        let mut out = std::io::stderr();
+        let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
+        loop {
+            // Block for the first message, then take whatever else is
+            // already queued, and write it all at once.
+            let mut msg = match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            };
+            loop {
+                match msg {
+                    Msg::Line(line) => buf.extend_from_slice(&line),
+                    Msg::Flush(ack) => {
+                        let _ = out.write_all(&buf);
+                        buf.clear();
+                        let _ = out.flush();
+                        let _ = ack.send(());
+                    }
+                }
+                if buf.len() >= BATCH {
+                    break;
+                }
+                msg = match rx.recv_timeout(Duration::ZERO) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        let _ = out.write_all(&buf);
+                        return;
+                    }
+                };
+            }
+            let _ = out.write_all(&buf);
+            buf.clear();
+        }
     }
 }
 

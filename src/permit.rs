@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::access::{Endpoint, RequiredAccess};
-use crate::scope::{self, Scope};
+use crate::scope::Scope;
 use crate::token::AccessClaims;
 
 /// An authorized request's access and the claims that allowed it.
@@ -30,7 +30,7 @@ impl Permit {
         claims: Arc<AccessClaims>,
         required: RequiredAccess,
     ) -> Result<Permit, Insufficient> {
-        let granted = scope::merge(claims.access.iter().map(Scope::from));
+        let granted = claims.granted();
         let missing: Vec<Scope> = required
             .scopes
             .iter()
@@ -78,6 +78,7 @@ mod tests {
             access: access.iter().map(AccessEntry::from).collect(),
             labels: Default::default(),
             token_use: None,
+            granted: Default::default(),
         })
     }
 

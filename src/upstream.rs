@@ -73,34 +73,42 @@ pub struct Upstream {
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) and what must not cross the
 /// gate: the client's credentials stay here, and `Expect` is answered by our
 /// own server, not relayed.
-const STRIPPED_REQUEST: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "authorization",
-    "cookie",
-    "expect",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
+static STRIPPED_REQUEST: [HeaderName; 15] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::EXPECT,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
 ];
 
-const STRIPPED_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static STRIPPED_RESPONSE: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+// Names `http` has no constant for, parsed once at compile time rather than
+// on every request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 impl Upstream {
     /// The upstream of `[upstream]`, with the body limits of `[limits]`.
@@ -255,25 +263,25 @@ impl Upstream {
             () = deadline => return Err(UpstreamError::Timeout),
         };
         let (mut parts, incoming) = resp.into_parts();
-        strip(&mut parts.headers, STRIPPED_RESPONSE);
+        strip(&mut parts.headers, &STRIPPED_RESPONSE);
         self.rewrite_urls(&mut parts.headers, origin);
         let body = Stall::new(incoming, self.body_stall_timeout);
         Ok(Response::from_parts(parts, body::stream(body)))
     }
 
     fn prepare_headers(&self, headers: &mut HeaderMap, origin: &Origin) {
-        strip(headers, STRIPPED_REQUEST);
+        strip(headers, &STRIPPED_REQUEST);
         let (scheme, host) = origin.scheme_and_host();
         // distribution builds absolute URLs (upload Locations) from these, so
         // they must name the gate, not the upstream.
-        set(headers, "x-forwarded-proto", scheme);
-        set(headers, "x-forwarded-host", host);
+        set(headers, X_FORWARDED_PROTO, scheme);
+        set(headers, X_FORWARDED_HOST, host);
         let ip = origin.client_ip.to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };
-        set(headers, "x-forwarded-for", &xff);
+        set(headers, X_FORWARDED_FOR, &xff);
         headers.insert(header::HOST, self.authority.clone());
     }
 
@@ -301,7 +309,10 @@ impl Upstream {
 }
 
 /// Removes the given headers and every header named in `Connection`.
-fn strip(headers: &mut HeaderMap, names: &[&str]) {
+fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.is_empty() {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -313,11 +324,11 @@ fn strip(headers: &mut HeaderMap, names: &[&str]) {
         headers.remove(n);
     }
     for n in names {
-        headers.remove(*n);
+        headers.remove(n);
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }

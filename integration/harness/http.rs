@@ -359,6 +359,8 @@ fn raw_responses_parse() {
 /// Verifies an ES256 JWT against the public half of `private_pem` (PKCS#8),
 /// with the example config's audience and issuer; returns the claims.
 pub fn verify_es256(token: &str, private_pem: &str) -> Result<Value, String> {
+    // jsonwebtoken's signatures come from the gate's provider (ring).
+    registry_gate::token::crypto::install();
     let key_pair = rcgen::KeyPair::from_pem(private_pem).map_err(|e| format!("key: {e}"))?;
     let public = jsonwebtoken::DecodingKey::from_ec_pem(key_pair.public_key_pem().as_bytes())
         .map_err(|e| format!("public key: {e}"))?;
@@ -383,6 +385,7 @@ fn es256_verification_accepts_only_the_signing_key() {
     });
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let pem = key.serialize_pem();
+    registry_gate::token::crypto::install();
     let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("encoding key");
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     let token = jsonwebtoken::encode(&header, &claims, &encoding).expect("sign");

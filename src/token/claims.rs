@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Labels;
-use crate::scope::AccessEntry;
+use std::sync::OnceLock;
+
+use crate::scope::{self, AccessEntry, Scope};
 
 /// Marks a refresh token. Access tokens never carry it, and the verifier of
 /// each kind refuses the other, so one can never stand in for the other.
@@ -36,6 +38,31 @@ pub struct AccessClaims {
     /// Present (and then `REFRESH_USE`) only on refresh tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_use: Option<String>,
+    /// `access` as merged [`Scope`]s, made on first use and then kept with
+    /// the claims (the verifier caches claims, so a token's scopes are built
+    /// once, not on every request). Not part of the token.
+    #[serde(skip)]
+    pub granted: Granted,
+}
+
+impl AccessClaims {
+    /// The scopes `access` grants, merged (see [`scope::merge`]).
+    pub fn granted(&self) -> &[Scope] {
+        self.granted
+            .0
+            .get_or_init(|| scope::merge(self.access.iter().map(Scope::from)))
+    }
+}
+
+/// The cache behind [`AccessClaims::granted`]. It is derived from `access`,
+/// so it never makes two claims differ: it compares equal always.
+#[derive(Debug, Clone, Default)]
+pub struct Granted(OnceLock<Vec<Scope>>);
+
+impl PartialEq for Granted {
+    fn eq(&self, _: &Granted) -> bool {
+        true
+    }
 }
 
 /// The claims of a refresh token: bound to an account and a service, no access.

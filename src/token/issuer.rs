@@ -42,6 +42,7 @@ impl Issuer {
         lifetime: Duration,
         refresh_lifetime: Duration,
     ) -> Self {
+        super::crypto::install();
         Issuer {
             key,
             issuer: issuer.to_owned(),
@@ -77,6 +78,7 @@ impl Issuer {
                 Default::default()
             },
             token_use: None,
+            granted: Default::default(),
         };
         let token = encode(&self.header(), &claims, &self.key.encoding)
             .map_err(|e| IssueError(e.to_string()))?;

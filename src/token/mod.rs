@@ -4,6 +4,7 @@
 //! `issuer` signs, `verifier` checks. Nothing here knows about HTTP.
 
 pub mod claims;
+pub mod crypto;
 pub mod issuer;
 pub mod keys;
 pub mod verifier;

@@ -61,6 +61,7 @@ fn claims(exp: u64, nbf: u64, iss: &str, aud: &str) -> AccessClaims {
         access: vec![],
         labels: Default::default(),
         token_use: None,
+        granted: Default::default(),
     }
 }
 
@@ -164,14 +165,18 @@ fn rejects_every_bad_token() {
     h.kid = Some(key.kid.clone());
     let foreign = encode(&h, &claims(t + 60, t, "gate", "svc"), &other.encoding).unwrap();
     // HMAC with the public key as secret: the classic algorithm confusion.
+    // The gate's crypto provider refuses to make one, so it is made by hand.
     let mut h = Header::new(Algorithm::HS256);
     h.kid = Some(key.kid.clone());
-    let hmac = encode(
-        &h,
-        &claims(t + 60, t, "gate", "svc"),
-        &EncodingKey::from_secret(b"whatever").unwrap(),
-    )
-    .unwrap();
+    let hmac = {
+        let head = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&h).unwrap());
+        let body =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(t + 60, t, "gate", "svc")).unwrap());
+        let signed = format!("{head}.{body}");
+        let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"whatever");
+        let tag = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&mac, signed.as_bytes()));
+        format!("{signed}.{tag}")
+    };
     let cases: Vec<(&str, String, TokenError)> = vec![
         ("garbage", "not.a.token".into(), TokenError::Malformed),
         ("empty", String::new(), TokenError::Malformed),
@@ -346,4 +351,40 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn the_crypto_provider_is_ring_and_refuses_hmac() {
+    assert!(crypto::install());
+    assert!(crypto::install(), "installing twice is fine");
+    let secret = EncodingKey::from_secret(b"whatever").unwrap();
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        let err = encode(
+            &Header::new(alg),
+            &claims(now() + 60, now(), "gate", "svc"),
+            &secret,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &jsonwebtoken::errors::ErrorKind::InvalidAlgorithm,
+            "{alg:?}"
+        );
+        let decoding = jsonwebtoken::DecodingKey::from_secret(b"whatever").unwrap();
+        assert!((crypto::PROVIDER.verifier_factory)(&alg, &decoding).is_err());
+    }
+    // Other asymmetric algorithms are not the gate's either.
+    let key = SigningKey::ephemeral().unwrap();
+    assert!((crypto::PROVIDER.signer_factory)(&Algorithm::ES384, &key.encoding).is_err());
+    // A key of the wrong family for the algorithm is refused, not misused.
+    assert!((crypto::PROVIDER.signer_factory)(&Algorithm::RS256, &key.encoding).is_err());
+    assert!((crypto::PROVIDER.verifier_factory)(&Algorithm::RS256, &key.decoding).is_err());
+    // Signing twice with the same (cached) key gives two valid signatures.
+    let (key, issuer, verifier) = setup();
+    for _ in 0..2 {
+        let issued = issuer.issue(&alice(), &[]).unwrap();
+        assert!(verifier.verify_access(&issued.token).is_ok());
+    }
+    assert!(crypto::install());
+    drop(key);
 }

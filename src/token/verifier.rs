@@ -78,9 +78,9 @@ pub struct VerifyingKey {
 
 /// Verifies tokens of one issuer and service.
 pub struct Verifier {
-    keys: HashMap<String, (Algorithm, DecodingKey)>,
-    issuer: String,
-    service: String,
+    /// By key ID: the key, its pinned algorithm, and the validation rules
+    /// for it (built once, not per token).
+    keys: HashMap<String, (Algorithm, DecodingKey, Validation)>,
     cache: Cache<String, Arc<AccessClaims>>,
     counters: Arc<CacheCounters>,
 }
@@ -94,13 +94,21 @@ impl Verifier {
         service: &str,
         max_lifetime: Duration,
     ) -> Self {
+        super::crypto::install();
+        let validation = |algorithm: Algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = LEEWAY_SECS;
+            validation.validate_nbf = true;
+            validation.set_issuer(&[issuer]);
+            validation.set_audience(&[service]);
+            validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            validation
+        };
         Verifier {
             keys: keys
                 .into_iter()
-                .map(|k| (k.kid, (k.algorithm, k.key)))
+                .map(|k| (k.kid, (k.algorithm, k.key, validation(k.algorithm))))
                 .collect(),
-            issuer: issuer.to_owned(),
-            service: service.to_owned(),
             counters: Arc::default(),
             cache: Cache::builder()
                 .max_capacity(50_000)
@@ -125,6 +133,8 @@ impl Verifier {
         if claims.token_use.is_some() {
             return Err(TokenError::Kind);
         }
+        // Build the granted scopes now, once, for every cached use.
+        claims.granted();
         let claims = Arc::new(claims);
         self.cache.insert(token.to_owned(), claims.clone());
         Ok(claims)
@@ -159,18 +169,12 @@ impl Verifier {
         }
         let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let (algorithm, key) = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
+        let (algorithm, key, validation) = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
         // The algorithm is pinned by the key, never taken from the token.
         if header.alg != *algorithm {
             return Err(TokenError::Algorithm);
         }
-        let mut validation = Validation::new(*algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.service]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        decode::<T>(token, key, &validation)
+        decode::<T>(token, key, validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::Signature,
