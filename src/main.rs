@@ -88,10 +88,17 @@ fn path_of(cli: &Cli) -> (PathBuf, bool) {
     }
 }
 
-fn init_logging(format: &str) -> log_writer::Guard {
+/// The console log, written off the request path: tracing-appender's
+/// non-blocking writer hands lines to a thread that writes stderr (which is
+/// unbuffered: one write(2) per line otherwise). Not lossy: when its queue is
+/// full, logging waits rather than drop lines. The guard, held by `main`,
+/// flushes what is queued at exit.
+fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGISTRY_GATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = log_writer::stderr();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -104,113 +111,6 @@ fn init_logging(format: &str) -> log_writer::Guard {
     guard
 }
 
-/// The log off the request path: each formatted line goes through a bounded
-/// channel to a thread that writes them to stderr in batches (one `write(2)`
-/// per batch instead of one per line; stderr is unbuffered). Nothing is
-/// dropped: when the queue is full, logging waits. The [`Guard`] (held by
-/// `main`) writes out the queue when it is dropped.
-mod log_writer {
-    use std::io::Write;
-    use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-    use std::time::Duration;
-
-    /// Lines queued at most before logging waits for the writer.
-    const QUEUE: usize = 16 * 1024;
-    /// Written out once this much is buffered, even if more is queued.
-    const BATCH: usize = 64 * 1024;
-
-    enum Msg {
-        Line(Vec<u8>),
-        Flush(SyncSender<()>),
-    }
-
-    #[derive(Clone)]
-    pub struct Writer(SyncSender<Msg>);
-
-    impl Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match self.0.send(Msg::Line(buf.to_vec())) {
-                Ok(()) => Ok(buf.len()),
-                // The writer thread is gone (it never exits on its own):
-                // write directly rather than lose the line.
-                Err(_) => std::io::stderr().write(buf),
-            }
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
-        type Writer = Writer;
-
-        fn make_writer(&'a self) -> Writer {
-            self.clone()
-        }
-    }
-
-    /// Flushes the queue when dropped (waiting at most a few seconds).
-    pub struct Guard(SyncSender<Msg>);
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let (ack, done) = sync_channel(1);
-            if self.0.send(Msg::Flush(ack)).is_ok() {
-                let _ = done.recv_timeout(Duration::from_secs(5));
-            }
-        }
-    }
-
-    pub fn stderr() -> (Writer, Guard) {
-        let (tx, rx) = sync_channel(QUEUE);
-        // Without a thread the receiver is dropped with the closure, and
-        // every write falls back to a direct write to stderr.
-        let _ = std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || run(rx));
-        (Writer(tx.clone()), Guard(tx))
-    }
-
-    fn run(rx: Receiver<Msg>) {
-        // Not locked for good: `eprintln!` elsewhere must still get through.
-        let mut out = std::io::stderr();
-        let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
-        loop {
-            // Block for the first message, then take whatever else is
-            // already queued, and write it all at once.
-            let mut msg = match rx.recv() {
-                Ok(m) => m,
-                Err(_) => return,
-            };
-            loop {
-                match msg {
-                    Msg::Line(line) => buf.extend_from_slice(&line),
-                    Msg::Flush(ack) => {
-                        let _ = out.write_all(&buf);
-                        buf.clear();
-                        let _ = out.flush();
-                        let _ = ack.send(());
-                    }
-                }
-                if buf.len() >= BATCH {
-                    break;
-                }
-                msg = match rx.recv_timeout(Duration::ZERO) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        let _ = out.write_all(&buf);
-                        return;
-                    }
-                };
-            }
-            let _ = out.write_all(&buf);
-            buf.clear();
-        }
-    }
-}
-
 fn load(path: PathBuf, explicit: bool) -> Result<Config, ExitCode> {
     config::load(&path, explicit).map_err(|errors| {
         eprintln!("registry-gate: invalid configuration ({}):", path.display());
@@ -221,20 +121,21 @@ fn load(path: PathBuf, explicit: bool) -> Result<Config, ExitCode> {
     })
 }
 
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("registry-gate: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
 fn serve(path: PathBuf, explicit: bool) -> ExitCode {
     let config = match load(path.clone(), explicit) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("registry-gate: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(run(config, path, explicit))
 }
@@ -464,15 +365,9 @@ fn ldap_check(
     } else {
         None
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("registry-gate: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let authenticator = registry_gate::authn::LdapAuthenticator::new(ldap);
     match runtime.block_on(authenticator.check(account.as_deref(), password.as_ref())) {
