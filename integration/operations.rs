@@ -173,6 +173,8 @@ async fn audit_trail_answers_who_pushed_what() {
     assert_eq!(denied["repository"], "team/app");
     assert_eq!(denied["reason"], "insufficient_scope");
     assert!(denied["missing"].to_string().contains("push"), "{denied}");
+    // The access log names the account of a refused request too.
+    gate.wait_log("status=401 account=\"test\"", 1).await;
     let failed = find(&|e| e["event"] == "login_failed").expect("login_failed");
     assert_eq!(failed["account"], "admin");
     assert_eq!(failed["reason"], "bad_credentials");

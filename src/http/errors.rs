@@ -103,10 +103,13 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Told to the client; must hold no secret.
     pub detail: Option<String>,
-    /// Rendered as `WWW-Authenticate` on 401s.
-    pub challenge: Option<Challenge>,
+    /// Rendered as `WWW-Authenticate` on 401s (boxed: errors travel in
+    /// `Result`s on every path, and stay small that way).
+    pub challenge: Option<Box<Challenge>>,
     /// Rendered as `Retry-After` on 429s: whole seconds, at least 1.
     pub retry_after_secs: Option<u32>,
+    /// The account a refused request was made as, for the access log only.
+    pub account: Option<String>,
 }
 
 impl ApiError {
@@ -116,6 +119,7 @@ impl ApiError {
             detail: None,
             challenge: None,
             retry_after_secs: None,
+            account: None,
         }
     }
 
@@ -125,6 +129,7 @@ impl ApiError {
             detail: Some(detail.into()),
             challenge: None,
             retry_after_secs: None,
+            account: None,
         }
     }
 
@@ -142,9 +147,16 @@ impl ApiError {
         ApiError {
             code: ErrorCode::Unauthorized,
             detail: None,
-            challenge: Some(challenge),
+            challenge: Some(Box::new(challenge)),
             retry_after_secs: None,
+            account: None,
         }
+    }
+
+    /// Names the account in the access log line (never told the client).
+    pub fn for_account(mut self, account: &str) -> Self {
+        self.account = Some(account.to_owned()).filter(|a| !a.is_empty());
+        self
     }
 
     pub fn into_response(self) -> Response<Body> {

@@ -36,7 +36,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     let path = req.uri().path().to_owned();
     let (resp, account) = match route(&app, req, conn).await {
         Ok(ok) => ok,
-        Err(e) => (e.into_response(), None),
+        Err(e) => {
+            let account = e.account.clone();
+            (e.into_response(), account)
+        }
     };
     record(&app, &method, &path, &resp);
     tracing::info!(

@@ -64,7 +64,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let permit = Permit::check(claims, required.clone()).map_err(|insufficient| {
         let who = account.as_deref().unwrap_or("");
         denied(who, &insufficient.missing, "insufficient_scope");
-        challenge(&required.scopes, Some(ChallengeError::InsufficientScope))
+        challenge(&required.scopes, Some(ChallengeError::InsufficientScope)).for_account(who)
     })?;
     let origin = Origin {
         client_ip: conn.peer.ip(),
