@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -228,11 +228,6 @@ impl Audit {
     }
 }
 
-/// The file an `output` setting names, if it names one.
-pub fn output_path(output: &str) -> Option<PathBuf> {
-    (!matches!(output, "off" | "stdout")).then(|| PathBuf::from(output))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,19 +315,5 @@ mod tests {
         next.record(write("team/app", "after"));
         assert_eq!(next.recent_writes().len(), RECENT_WRITES);
         assert_eq!(next.recent_writes()[0].reference.as_deref(), Some("after"));
-    }
-
-    #[test]
-    fn off_writes_nothing_and_paths_are_recognised() {
-        Audit::open("off").unwrap().record(Event::LoginFailed {
-            account: "a".into(),
-            client: "::1".parse().unwrap(),
-            reason: "bad_credentials",
-        });
-        assert_eq!(output_path("stdout"), None);
-        assert_eq!(
-            output_path("/var/log/gate.jsonl"),
-            Some(PathBuf::from("/var/log/gate.jsonl"))
-        );
     }
 }

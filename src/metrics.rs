@@ -23,7 +23,7 @@ use crate::token::verifier::CacheCounters;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     kind: &'static str,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
@@ -56,7 +56,10 @@ pub struct Metrics {
     authn_seconds: Family<BackendLabel, Histogram>,
     upstream_seconds: Histogram,
     upstream_errors: Family<KindLabel, Counter>,
-    bytes: Family<DirectionLabel, Counter>,
+    /// The two series of `client_bytes`, looked up once: every connection
+    /// adds to them directly.
+    bytes_in: Counter,
+    bytes_out: Counter,
     throttled: Family<KindLabel, Counter>,
     connections: Gauge,
     sources: Arc<RwLock<Sources>>,
@@ -126,6 +129,12 @@ impl Metrics {
             "Bytes read from (in) and written to (out) client connections",
             bytes.clone(),
         );
+        let bytes_in = bytes
+            .get_or_create(&DirectionLabel { direction: "in" })
+            .clone();
+        let bytes_out = bytes
+            .get_or_create(&DirectionLabel { direction: "out" })
+            .clone();
         let throttled = Family::<KindLabel, Counter>::default();
         registry.register(
             "login_throttled",
@@ -147,7 +156,8 @@ impl Metrics {
             authn_seconds,
             upstream_seconds,
             upstream_errors,
-            bytes,
+            bytes_in,
+            bytes_out,
             throttled,
             connections,
             sources,
@@ -165,7 +175,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 kind,
-                method: method.as_str().to_owned(),
+                method: method_label(method),
                 status,
             })
             .inc();
@@ -195,12 +205,7 @@ impl Metrics {
 
     /// The (in, out) byte counters, for a connection to add to directly.
     pub fn client_byte_counters(&self) -> (Counter, Counter) {
-        let get = |direction| {
-            self.bytes
-                .get_or_create(&DirectionLabel { direction })
-                .clone()
-        };
-        (get("in"), get("out"))
+        (self.bytes_in.clone(), self.bytes_out.clone())
     }
 
     pub fn login_throttled(&self, kind: &'static str) {
@@ -220,6 +225,22 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// The method as a static label: no allocation per request, and a bounded
+/// label set whatever methods clients invent.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
 }
 

@@ -17,7 +17,6 @@
 //! request; HTTP/2: GOAWAY), and the server waits up to `shutdown_timeout`
 //! for them before returning.
 
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,13 +34,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{LimitsConfig, TlsFiles};
+use crate::config::LimitsConfig;
 use crate::http::body::{Body, BoxError};
 use crate::http::{self, Conn};
 use crate::reload::Live;
 use prometheus_client::metrics::counter::Counter;
-
-pub use crate::tls::TlsError;
 
 type HandlerFuture = std::pin::Pin<
     Box<dyn Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send>,
@@ -50,16 +47,6 @@ type HandlerFuture = std::pin::Pin<
 /// After a connection was asked to close (idle, too slow, shutting down),
 /// how long it may take to say goodbye once nothing is in flight.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Builds the TLS acceptor for `cert` and `key` (see [`crate::tls`]),
-/// reloading them when they change.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    crate::tls::acceptor(&TlsFiles {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        reload_interval: Duration::from_secs(10),
-    })
-}
 
 /// Serves until `shutdown` completes, then drains for up to
 /// `limits.shutdown_timeout`.
@@ -72,6 +59,8 @@ pub async fn serve(
     // Limits shape the listener and every connection: read once, at start
     // (a reload that changes them says they need a restart).
     let limits = live.current().config.limits.clone();
+    // The metrics outlive reloads (they are carried over): fetch them once.
+    let metrics = live.current().metrics.clone();
     let builder = Arc::new(http_builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -115,10 +104,10 @@ pub async fn serve(
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let limits = limits.clone();
+        let open = metrics.connection();
         tokio::spawn(async move {
             let _permit = permit;
-            let metrics = live.current().metrics.clone();
-            let _open = metrics.connection();
+            let _open = open;
             let conn = Conn {
                 peer,
                 tls: tls.is_some(),

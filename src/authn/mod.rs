@@ -18,6 +18,18 @@ pub use static_users::StaticUsers;
 /// groups), matchable by ACL rules and usable in `${labels:KEY}` placeholders.
 pub type Labels = BTreeMap<String, Vec<String>>;
 
+/// Longest account name any backend is asked about, in bytes.
+pub const MAX_ACCOUNT_LEN: usize = 256;
+
+/// Whether `account` may be looked up at all: not empty, at most
+/// [`MAX_ACCOUNT_LEN`] bytes, no control characters. The one check of
+/// account names arriving with credentials (Basic headers, forms, LDAP).
+pub fn acceptable_account(account: &str) -> bool {
+    !account.is_empty()
+        && account.len() <= MAX_ACCOUNT_LEN
+        && !account.chars().any(char::is_control)
+}
+
 /// Which backend vouched for an identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -149,5 +161,22 @@ impl Authenticators {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_names_are_checked_before_any_backend() {
+        assert!(acceptable_account("mozart"));
+        assert!(acceptable_account("jürgen.müller@example.com"));
+        assert!(!acceptable_account(""));
+        assert!(!acceptable_account("moz\nart"));
+        assert!(!acceptable_account("moz\0art"));
+        assert!(!acceptable_account("moz\u{7f}"));
+        assert!(acceptable_account(&"a".repeat(256)));
+        assert!(!acceptable_account(&"a".repeat(257)));
     }
 }

@@ -285,7 +285,7 @@ fn parse_basic(value: &HeaderValue) -> Result<(String, Secret), ApiError> {
     let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
     let (account, password) = decoded.split_once(':').ok_or_else(bad)?;
-    if account.is_empty() || account.len() > 256 || account.chars().any(char::is_control) {
+    if !crate::authn::acceptable_account(account) {
         return Err(bad());
     }
     Ok((account.to_owned(), Secret::new(password)))

@@ -75,7 +75,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         return Ok((with_kind(resp, Endpoint::Catalog), account));
     }
     let write = write_action(&permit, req.method(), req.uri().query());
-    let reference = reference(req.uri().path());
+    // Only writes are audited: no reference to copy out for reads.
+    let reference = write.and_then(|_| reference(req.uri().path()));
     let started = std::time::Instant::now();
     let result = app.upstream.forward(&permit, req, &origin).await;
     match &result {

@@ -26,7 +26,7 @@ pub enum Outcome {
 
 /// Decides one UI login.
 pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr) -> Outcome {
-    if account.is_empty() || account.len() > 256 || account.chars().any(char::is_control) {
+    if !crate::authn::acceptable_account(account) {
         return Outcome::BadCredentials;
     }
     if let Err(t) = app.throttle.check(Some(account), client) {

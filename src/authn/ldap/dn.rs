@@ -1,18 +1,7 @@
-//! Small string helpers: filter templating with escaping, account-name
-//! checks and reducing DNs to their first RDN value (for labels).
+//! Small string helpers: filter templating with escaping and reducing DNs
+//! to their first RDN value (for labels).
 
 use ldap3::ldap_escape;
-
-/// Longest account name sent to LDAP, in bytes.
-pub const MAX_ACCOUNT_LEN: usize = 256;
-
-/// Whether `account` may be sent to LDAP at all: not empty, at most
-/// [`MAX_ACCOUNT_LEN`] bytes, no control characters.
-pub fn acceptable_account(account: &str) -> bool {
-    !account.is_empty()
-        && account.len() <= MAX_ACCOUNT_LEN
-        && !account.chars().any(char::is_control)
-}
 
 /// Replaces `${account}` and `${dn}` in a filter template with the
 /// RFC 4515-escaped values (so `*`, `(`, `)`, `\` and NUL lose their meaning).
@@ -113,18 +102,6 @@ mod tests {
             let f = fill_filter("(&(uid=${account})(objectClass=person))", account, None);
             ldap3::parse_filter(&f).unwrap();
         }
-    }
-
-    #[test]
-    fn accounts_checked_before_ldap() {
-        assert!(acceptable_account("mozart"));
-        assert!(acceptable_account("jürgen.müller@example.com"));
-        assert!(!acceptable_account(""));
-        assert!(!acceptable_account("moz\nart"));
-        assert!(!acceptable_account("moz\0art"));
-        assert!(!acceptable_account("moz\u{7f}"));
-        assert!(acceptable_account(&"a".repeat(256)));
-        assert!(!acceptable_account(&"a".repeat(257)));
     }
 
     #[test]

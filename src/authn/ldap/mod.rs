@@ -18,10 +18,11 @@ mod config;
 mod dn;
 mod tls;
 
+pub use crate::authn::{MAX_ACCOUNT_LEN, acceptable_account};
 pub use config::{
     GroupSearchConfig, LdapConfig, LdapConfigError, ResolvedLdap, read_password_file,
 };
-pub use dn::{MAX_ACCOUNT_LEN, acceptable_account, fill_filter, first_rdn_value, label_value};
+pub use dn::{fill_filter, first_rdn_value, label_value};
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -447,8 +448,7 @@ impl LdapAuthenticator {
         attrs.dedup();
         let (mut entries, _) = self.search(&self.cfg.base, &filter, &attrs, 2).await?;
         Ok(match entries.len() {
-            0 => Found::Nothing,
-            1 => Found::One(entries.pop().expect("one entry")),
+            0 | 1 => entries.pop().map_or(Found::Nothing, Found::One),
             _ => Found::Many(entries.into_iter().map(|e| e.dn).collect()),
         })
     }
