@@ -22,6 +22,7 @@ pub enum ErrorCode {
     Unsupported,
     NotFound,
     BadRequest,
+    HeadTooLarge,
     TooManyRequests,
     ManifestTooLarge,
     Unavailable,
@@ -63,6 +64,11 @@ impl ErrorCode {
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
             BadRequest => ("BAD_REQUEST", StatusCode::BAD_REQUEST, "malformed request"),
+            HeadTooLarge => (
+                "BAD_REQUEST",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            ),
             TooManyRequests => (
                 "TOOMANYREQUESTS",
                 StatusCode::TOO_MANY_REQUESTS,
