@@ -217,10 +217,10 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        // hyper's own header timer also runs while a keep-alive connection
-        // waits for its next request, so it is only a backstop here: the
-        // precise limits are kept per connection (see `Activity`).
-        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
+        // No hyper header timer: it would be re-armed (and a read retried)
+        // for every keep-alive request. The limits on idle connections and
+        // slow heads are kept per connection instead (see `Activity`).
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         // The read buffer. Uploads are read in pieces of up to this size
         // (hyper's default is ~400 KiB; 64 KiB reads cost ~20% more CPU per
@@ -313,6 +313,12 @@ fn log_end(conn: Conn, result: Result<(), BoxError>) {
 /// What a connection is doing, as far as its limits care: requests in
 /// flight, since when it has had none, and whether the head of a next
 /// request has started to arrive.
+///
+/// The request path only stores atomics: nothing is notified and no timer
+/// is armed per request. One timer per connection (in [`Activity::expired`])
+/// wakes at the earliest moment a limit could be reached, re-reads the
+/// recorded times and either closes or sleeps on, so a keep-alive request
+/// cycle costs no wake-up of the connection task.
 struct Activity {
     started: Instant,
     /// HTTP/2: bytes between requests are pings and settings, not a head.
@@ -324,10 +330,17 @@ struct Activity {
     /// `NONE`.
     head_started: AtomicU64,
     head_pending: AtomicBool,
+    /// Set once the connection was asked to close: from then on the end of
+    /// a request wakes [`Activity::quiet_for`] through `changed`.
+    closing: AtomicBool,
     changed: Notify,
 }
 
 const NONE: u64 = u64::MAX;
+
+/// The shortest sleep of the expiry timer, so that zero timeouts cannot
+/// make it spin while a request is in flight.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
 
 impl Activity {
     fn new(h2: bool) -> Self {
@@ -338,6 +351,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             head_pending: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -356,7 +370,6 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.head_pending.store(false, Ordering::SeqCst);
         self.head_started.store(NONE, Ordering::SeqCst);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -370,54 +383,76 @@ impl Activity {
         }
         self.head_started.store(self.now_ms(), Ordering::SeqCst);
         self.head_pending.store(true, Ordering::SeqCst);
-        self.changed.notify_one();
+    }
+
+    /// At `now`: the limit that has been reached, or the moment to look
+    /// again. That moment is never later than the earliest deadline any
+    /// future event could set: a request in flight ends at the earliest
+    /// now (then the idle and header limits count from its end), and a head
+    /// not yet started starts at the earliest now.
+    fn check(&self, limits: &LimitsConfig, now: Instant) -> Result<Closing, Instant> {
+        let soonest = limits
+            .idle_timeout
+            .min(limits.header_read_timeout)
+            .max(MIN_RECHECK);
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Err(now + soonest);
+        }
+        let idle_since = self.idle_since.load(Ordering::SeqCst);
+        let head = self.head_started.load(Ordering::SeqCst);
+        let (deadline, reason) = if head == NONE {
+            (self.at(idle_since) + limits.idle_timeout, Closing::Idle)
+        } else {
+            (
+                self.at(head.max(idle_since)) + limits.header_read_timeout,
+                Closing::SlowHeader,
+            )
+        };
+        if now >= deadline {
+            // A request that began meanwhile keeps the connection.
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                return Err(now + soonest);
+            }
+            return Ok(reason);
+        }
+        if head == NONE {
+            let head_soonest = now + limits.header_read_timeout.max(MIN_RECHECK);
+            Err(deadline.min(head_soonest))
+        } else {
+            Err(deadline)
+        }
     }
 
     /// Resolves when the connection has been idle, or has been sending a
     /// head, for too long.
     async fn expired(&self, limits: &LimitsConfig) -> Closing {
+        let first = match self.check(limits, Instant::now()) {
+            Ok(reason) => return reason,
+            Err(next) => next,
+        };
+        let timer = tokio::time::sleep_until(first.into());
+        tokio::pin!(timer);
         loop {
-            let notified = self.changed.notified();
-            if self.in_flight.load(Ordering::SeqCst) > 0 {
-                notified.await;
-                continue;
-            }
-            let idle_since = self.idle_since.load(Ordering::SeqCst);
-            let head = self.head_started.load(Ordering::SeqCst);
-            let (deadline, reason) = if head == NONE {
-                (self.at(idle_since) + limits.idle_timeout, Closing::Idle)
-            } else {
-                (
-                    self.at(head.max(idle_since)) + limits.header_read_timeout,
-                    Closing::SlowHeader,
-                )
-            };
-            if Instant::now() >= deadline {
-                return reason;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline.into()) => {}
-                () = notified => {}
+            timer.as_mut().await;
+            match self.check(limits, Instant::now()) {
+                Ok(reason) => return reason,
+                Err(next) => timer.as_mut().reset(next.into()),
             }
         }
     }
 
     /// Resolves once no request has been in flight for `grace`.
     async fn quiet_for(&self, grace: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
         loop {
             let notified = self.changed.notified();
             if self.in_flight.load(Ordering::SeqCst) > 0 {
                 notified.await;
                 continue;
             }
-            let deadline = Instant::now() + grace;
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    if self.in_flight.load(Ordering::SeqCst) == 0 {
-                        return;
-                    }
-                }
-                () = notified => {}
+            tokio::time::sleep(grace).await;
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
             }
         }
     }
@@ -432,7 +467,9 @@ impl Drop for InFlight {
         if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             a.idle_since.store(a.now_ms(), Ordering::SeqCst);
         }
-        a.changed.notify_one();
+        if a.closing.load(Ordering::SeqCst) {
+            a.changed.notify_one();
+        }
     }
 }
 

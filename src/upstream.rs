@@ -1,5 +1,6 @@
-//! The upstream registry: a pooled hyper-util client, header hygiene on the
-//! way in and out, `Location`/`Link` rewriting, and bodies streamed both ways.
+//! The upstream registry: a small pool of HTTP/1.1 keep-alive connections
+//! (see [`Pool`]), header hygiene on the way in and out, `Location`/`Link`
+//! rewriting, and bodies streamed both ways.
 //!
 //! Forwarding a client request takes a [`Permit`]: only authorized requests
 //! get here.
@@ -8,17 +9,18 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 use crate::access::Endpoint;
@@ -60,7 +62,7 @@ impl Origin {
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     /// `http://host:port`, no trailing slash.
     base: String,
     authority: HeaderValue,
@@ -122,16 +124,8 @@ impl Upstream {
 
     /// An upstream with the default timeouts and limits.
     pub fn new(base: &str, authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         Upstream {
-            client,
+            pool: Arc::new(Pool::new(base, connect_timeout)),
             base: base.to_owned(),
             authority: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -155,8 +149,8 @@ impl Upstream {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let incoming = Stall::new(incoming, self.body_stall_timeout);
         let manifest_put =
             permit.required().endpoint == Endpoint::Manifest && parts.method == Method::PUT;
@@ -179,7 +173,7 @@ impl Upstream {
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.headers_mut() = parts.headers;
-        let result = self.send(out, &path_and_query, origin).await;
+        let result = self.send(out, path_and_query, origin).await;
         if over.load(Ordering::SeqCst) {
             return Err(UpstreamError::ManifestTooLarge(self.max_manifest_bytes));
         }
@@ -192,8 +186,12 @@ impl Upstream {
         path_and_query: &str,
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
-        self.send(Request::new(body::empty()), path_and_query, origin)
-            .await
+        self.send(
+            Request::new(body::empty()),
+            parse_target(path_and_query)?,
+            origin,
+        )
+        .await
     }
 
     /// Whether the upstream answers `GET /v2/` (200, or 401 from a registry
@@ -232,40 +230,49 @@ impl Upstream {
                 HeaderValue::from_str(accept).map_err(|e| UpstreamError::Request(e.to_string()))?;
             req.headers_mut().insert(header::ACCEPT, v);
         }
-        self.send(req, path_and_query, origin).await
+        self.send(req, parse_target(path_and_query)?, origin).await
     }
 
     async fn send(
         &self,
         req: Request<Body>,
-        path_and_query: &str,
+        path_and_query: PathAndQuery,
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
-        parts.uri = format!("{}{}", self.base, path_and_query)
-            .parse::<Uri>()
-            .map_err(|e| UpstreamError::Request(e.to_string()))?;
+        // Origin-form (`/v2/...`): the pool's connections all go to the
+        // upstream, which is named by the `Host` header.
+        parts.uri = Uri::from(path_and_query);
         // The upstream speaks HTTP/1.1 whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         self.prepare_headers(&mut parts.headers, origin);
         // The response-header timeout starts once the whole request body is
-        // sent: an upload may take as long as it takes.
-        let (body, sent) = EndSignal::new(body);
-        let response = self
-            .client
-            .request(Request::from_parts(parts, body::stream(body)));
+        // sent: an upload may take as long as it takes. A request without a
+        // body has been sent once its head is (no signal needed).
+        let (body, sent) = if body.is_end_stream() {
+            (body, None)
+        } else {
+            let (body, sent) = EndSignal::new(body);
+            (body::stream(body), Some(sent))
+        };
+        let response = self.pool.send(Request::from_parts(parts, body));
         let deadline = async {
-            let _ = sent.await;
+            if let Some(sent) = sent {
+                let _ = sent.await;
+            }
             tokio::time::sleep(self.response_header_timeout).await;
         };
-        let resp = tokio::select! {
-            r = response => r.map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?,
+        let (resp, sender) = tokio::select! {
+            r = response => r?,
             () = deadline => return Err(UpstreamError::Timeout),
         };
         let (mut parts, incoming) = resp.into_parts();
         strip(&mut parts.headers, &STRIPPED_RESPONSE);
         self.rewrite_urls(&mut parts.headers, origin);
-        let body = Stall::new(incoming, self.body_stall_timeout);
+        let body = Stall::new(
+            Returning::new(incoming, sender, &self.pool),
+            self.body_stall_timeout,
+        );
         Ok(Response::from_parts(parts, body::stream(body)))
     }
 
@@ -305,6 +312,215 @@ impl Upstream {
                 headers.append(&name, rewritten);
             }
         }
+    }
+}
+
+/// The request target of a gate-originated request.
+fn parse_target(path_and_query: &str) -> Result<PathAndQuery, UpstreamError> {
+    PathAndQuery::try_from(path_and_query).map_err(|e| UpstreamError::Request(e.to_string()))
+}
+
+/// Idle connections kept at most (the most recently used ones).
+const POOL_MAX_IDLE: usize = 64;
+/// An idle connection older than this is closed rather than reused.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keep-alive probes on upstream connections start after this long.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// The upstream's idle HTTP/1.1 connections, most recently used last (LIFO:
+/// a warm connection is reused first, the oldest ones age out).
+///
+/// Each connection is a hyper `SendRequest` with one spawned task driving
+/// its socket. A request takes a connection out of the pool (or opens one)
+/// and the response body puts it back when it has been read to its end; a
+/// response dropped half-read closes its connection. Idle connections past
+/// [`POOL_IDLE_TIMEOUT`] are dropped when next looked at (checkout or
+/// check-in), so no timer runs for the pool.
+struct Pool {
+    /// Where to connect: the upstream URL's host (no IPv6 brackets) and port.
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+struct IdleConn {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    fn new(base: &str, connect_timeout: Duration) -> Self {
+        let uri = base.parse::<Uri>().ok();
+        let authority = uri.as_ref().and_then(Uri::authority);
+        let host = authority.map_or("localhost", |a| a.host());
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_owned();
+        let port = authority.and_then(|a| a.port_u16()).unwrap_or(80);
+        Pool {
+            host,
+            port,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` on an idle connection, or on a new one; returns the
+    /// response and the connection (to hand back once the body is read).
+    async fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, SendRequest<Body>), UpstreamError> {
+        while let Some(mut sender) = self.checkout() {
+            // Just read to its end: ready at once, or within a poll of its
+            // connection task; an error means the upstream closed it.
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                // Closed by the upstream before the request went out: the
+                // request comes back unsent and goes to another connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Unreachable(error_chain(e.error()))),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        Ok((resp, sender))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn checkout(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.lock();
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// A connection whose response has been read completely.
+    fn checkin(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest are first: drop those past their time (and, when full,
+        // the oldest one).
+        let stale = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= POOL_IDLE_TIMEOUT)
+            .count();
+        let full = (idle.len() - stale + 1).saturating_sub(POOL_MAX_IDLE);
+        idle.drain(..stale + full);
+        idle.push(IdleConn { sender, since: now });
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        let target = (self.host.as_str(), self.port);
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(target))
+                .await
+                .map_err(|_| {
+                    UpstreamError::Unreachable(format!(
+                        "connecting to {}:{}: timed out after {:?}",
+                        self.host, self.port, self.connect_timeout
+                    ))
+                })?
+                .map_err(|e| {
+                    UpstreamError::Unreachable(format!(
+                        "connecting to {}:{}: {e}",
+                        self.host, self.port
+                    ))
+                })?;
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// An upstream response body that hands its connection back to the pool
+/// once read to its end (not when dropped early: that connection closes).
+struct Returning {
+    inner: Incoming,
+    sender: Option<(SendRequest<Body>, Arc<Pool>)>,
+}
+
+impl Returning {
+    fn new(inner: Incoming, sender: SendRequest<Body>, pool: &Arc<Pool>) -> Self {
+        let mut body = Returning {
+            inner,
+            sender: Some((sender, pool.clone())),
+        };
+        if body.inner.is_end_stream() {
+            body.done();
+        }
+        body
+    }
+
+    fn done(&mut self) {
+        if let Some((sender, pool)) = self.sender.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.done(),
+            Some(Ok(_)) if self.inner.is_end_stream() => self.done(),
+            Some(Err(_)) => self.sender = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -749,7 +965,11 @@ mod tests {
         req.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("90"));
         let resp = u
-            .send(req, "/v2/a/blobs/uploads/u", &origin())
+            .send(
+                req,
+                parse_target("/v2/a/blobs/uploads/u").unwrap(),
+                &origin(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);

@@ -135,8 +135,10 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         ));
     }
     let path = req.uri().path();
+    // The rare and large branches are boxed, so that the future of a
+    // `/v2/` request (moved a few times per request) stays small.
     if path == "/auth" {
-        return realm::handle(app, req, conn).await;
+        return Box::pin(realm::handle(app, req, conn)).await;
     }
     if path == "/v2" || path.starts_with("/v2/") {
         return registry::handle(app, req, conn).await;
@@ -152,7 +154,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         return Ok((metrics_response(app), None));
     }
     if path == "/readyz" && is_get {
-        let r = app.readiness.get(&app.upstream, &app.authn).await;
+        let r = Box::pin(app.readiness.get(&app.upstream, &app.authn)).await;
         let status = if r.ready {
             StatusCode::OK
         } else {
@@ -163,7 +165,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
     }
     // The web UI: a browser opening `/` is sent to `/ui/`.
     if (path == "/" && is_get) || path == "/ui" || path.starts_with("/ui/") {
-        return Ok(crate::ui::handle(app, req, conn).await);
+        return Ok(Box::pin(crate::ui::handle(app, req, conn)).await);
     }
     Err(ApiError::new(ErrorCode::NotFound))
 }

@@ -71,7 +71,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         external_base: base,
     };
     if permit.required().endpoint == Endpoint::Catalog {
-        let resp = catalog::serve(app, &permit, req.uri().query(), &origin, conn).await?;
+        let resp = Box::pin(catalog::serve(
+            app,
+            &permit,
+            req.uri().query(),
+            &origin,
+            conn,
+        ))
+        .await?;
         return Ok((with_kind(resp, Endpoint::Catalog), account));
     }
     let write = write_action(&permit, req.method(), req.uri().query());
