@@ -224,9 +224,9 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         .max_headers(limits.max_headers)
         // The read buffer. Uploads are read in pieces of up to this size
         // (64 KiB reads cost ~20% more CPU per pushed GiB; 1 MiB saved ~7%
-        // more than 512 KiB but held ~2 MiB more per upload). It also bounds a request head (hyper answers 431);
-        // the configured, smaller head limit is checked by the router
-        // (`http::head_too_large`).
+        // more than 512 KiB but held ~2 MiB more per upload). It also
+        // bounds a request head (hyper answers 431); the configured, smaller
+        // head limit is checked by the router (`http::head_too_large`).
         .max_buf_size(READ_BUFFER.max(limits.max_header_bytes));
     builder
         .http2()

@@ -125,7 +125,7 @@ impl Upstream {
     /// An upstream with the default timeouts and limits.
     pub fn new(base: &str, authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
         Upstream {
-            pool: Arc::new(Pool::new(base, connect_timeout)),
+            pool: Arc::new(Pool::new(authority, connect_timeout)),
             base: base.to_owned(),
             authority: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -359,16 +359,16 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    fn new(base: &str, connect_timeout: Duration) -> Self {
-        let uri = base.parse::<Uri>().ok();
-        let authority = uri.as_ref().and_then(Uri::authority);
-        let host = authority.map_or("localhost", |a| a.host());
+    /// A pool of connections to `authority` (the upstream URL's, as the
+    /// config resolved it).
+    fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
+        let host = authority.host();
         let host = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host)
             .to_owned();
-        let port = authority.and_then(|a| a.port_u16()).unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(80);
         Pool {
             host,
             port,
