@@ -10,6 +10,8 @@ pub mod authz;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod iptext;
+pub mod logformat;
 pub mod metrics;
 pub mod permit;
 pub mod ratelimit;

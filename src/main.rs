@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use registry_gate::app::App;
 use registry_gate::config::{self, Config};
+use registry_gate::logformat::LineFormat;
 use registry_gate::reload::Live;
 use registry_gate::{server, token};
 
@@ -106,7 +107,7 @@ fn init_logging(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     if format == "json" {
         builder.json().init();
     } else {
-        builder.init();
+        builder.event_format(LineFormat::default()).init();
     }
     guard
 }

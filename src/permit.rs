@@ -20,6 +20,9 @@ pub struct Permit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Insufficient {
     pub missing: Vec<Scope>,
+    /// What was asked for, handed back for the challenge (the check takes
+    /// it by value so that the allowed path does not copy it).
+    pub required: RequiredAccess,
 }
 
 impl Permit {
@@ -40,7 +43,7 @@ impl Permit {
         if !missing.is_empty()
             || (required.scopes.is_empty() && required.endpoint != Endpoint::Base)
         {
-            return Err(Insufficient { missing });
+            return Err(Insufficient { missing, required });
         }
         Ok(Permit { required, claims })
     }

@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::iptext::IpText;
 use body::Body;
 use errors::{ApiError, ErrorCode};
 
@@ -44,7 +45,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
     record(&app, &method, &path, &resp);
     tracing::info!(
         target: "access",
-        client = %conn.peer.ip(),
+        client = %IpText::new(conn.peer.ip()),
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
@@ -198,22 +199,21 @@ pub fn external_base(app: &App, req: &Request<Incoming>, conn: Conn) -> Result<S
     let host = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_owned())
+        .map(|a| a.as_str())
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
         })
         .ok_or_else(|| ApiError::detail(ErrorCode::BadRequest, "missing Host header"))?;
-    if !valid_host(&host) {
+    if !valid_host(host) {
         return Err(ApiError::detail(
             ErrorCode::BadRequest,
             "invalid Host header",
         ));
     }
-    let scheme = if conn.tls { "https" } else { "http" };
-    Ok(format!("{scheme}://{host}"))
+    let scheme = if conn.tls { "https://" } else { "http://" };
+    Ok([scheme, host].concat())
 }
 
 fn valid_host(host: &str) -> bool {

@@ -45,25 +45,31 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let Some(token) = bearer(req.headers()) else {
         return Err(challenge(&required.scopes, None));
     };
-    let denied = |account: &str, missing: &[Scope], reason: &'static str| {
+    let denied = |account: &str, repository: &Option<String>, missing: &[Scope], reason| {
         app.audit.record(Event::RequestDenied {
             account: account.to_owned(),
             client: conn.peer.ip(),
             method: req.method().to_string(),
-            repository: required.name.clone(),
+            repository: repository.clone(),
             missing: missing.iter().map(Scope::to_string).collect(),
             reason,
         });
     };
     let claims = app.verifier.verify_access(token).map_err(|e| {
         tracing::debug!(reason = %e, "token refused");
-        denied("", &required.scopes, "invalid_token");
+        denied("", &required.name, &required.scopes, "invalid_token");
         challenge(&required.scopes, Some(ChallengeError::InvalidToken))
     })?;
     let account = Some(claims.sub.clone()).filter(|a| !a.is_empty());
-    let permit = Permit::check(claims, required.clone()).map_err(|insufficient| {
+    let permit = Permit::check(claims, required).map_err(|insufficient| {
         let who = account.as_deref().unwrap_or("");
-        denied(who, &insufficient.missing, "insufficient_scope");
+        let required = &insufficient.required;
+        denied(
+            who,
+            &required.name,
+            &insufficient.missing,
+            "insufficient_scope",
+        );
         challenge(&required.scopes, Some(ChallengeError::InsufficientScope)).for_account(who)
     })?;
     let origin = Origin {
