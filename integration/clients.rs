@@ -498,6 +498,39 @@ async fn skopeo_logs_in_pushes_and_pulls_through_the_gate() {
     );
 }
 
+/// `server.worker_threads = 1` runs the gate on tokio's single-threaded
+/// runtime (also what `0` picks when the gate may use one CPU only, as in
+/// the benchmark): logins (bcrypt on the blocking pool, LDAP), a push and a
+/// pull must work there exactly as on the multi-threaded one.
+#[tokio::test]
+async fn skopeo_pushes_and_pulls_through_a_single_threaded_gate() {
+    let stack = Stack::with_config_env(
+        &crate::harness::gate::example_config(),
+        &[("REGISTRY_GATE_SERVER__WORKER_THREADS", "1")],
+    )
+    .await;
+    stack.gate.wait_log("workers=1", 1).await;
+    let host = stack.gate.addr.to_string();
+    let skopeo = Skopeo::new();
+    for user in [STATIC_USER, LDAP_USER] {
+        skopeo_login(&skopeo, &host, user).await;
+        let image = OciImage::generate();
+        let repo = format!("{}/single-thread", user.name);
+        let reference = format!("{host}/{repo}:v1");
+        ok(
+            &skopeo.push(&image, &reference, None).await,
+            "skopeo copy (push), one worker",
+        );
+        let (out, pulled) = skopeo.pull(&reference, None).await;
+        ok(&out, "skopeo copy (pull), one worker");
+        assert_eq!(pulled.digest(), image.manifest_digest);
+        ok(
+            &skopeo.run(&["logout".into(), host.clone()]).await,
+            "skopeo logout",
+        );
+    }
+}
+
 async fn skopeo_login(skopeo: &Skopeo, host: &str, user: User) {
     let out = skopeo_login_output(skopeo, host, user).await;
     let said = ok(&out, "skopeo login");

@@ -134,7 +134,17 @@ fn serve(path: PathBuf, explicit: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
+    // One worker: tokio's single-threaded scheduler, which does less per
+    // wake-up than the work-stealing one (measured: docs/benchmarks.md).
+    let builder = match config.server.workers() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = match runtime(builder) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -179,6 +189,7 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         realm = %realm,
         service = %app.config.token.service,
         signing_key = %format!("{} (kid {})", app.key_source, app.key_id),
+        workers = app.config.server.workers(),
         "registry-gate listening"
     );
     let live = Arc::new(Live::new(app, path, explicit));

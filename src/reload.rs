@@ -75,6 +75,9 @@ fn restart_only_changes(old: &App, new: &config::Config) -> Vec<&'static str> {
     if tls_files(&old.config) != tls_files(new) {
         keys.push("server.tls");
     }
+    if o.server.worker_threads != new.server.worker_threads {
+        keys.push("server.worker_threads");
+    }
     if o.limits != new.limits {
         keys.push("limits");
     }

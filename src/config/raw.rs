@@ -105,6 +105,10 @@ pub struct RawServer {
     pub public_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    /// Threads serving requests: 0 = one per CPU the process may run on;
+    /// 1 = a single-threaded runtime (less scheduling work per request).
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 impl Default for RawServer {
@@ -113,6 +117,7 @@ impl Default for RawServer {
             listen: "0.0.0.0:5000".into(),
             public_url: None,
             tls: None,
+            worker_threads: 0,
         }
     }
 }

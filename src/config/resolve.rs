@@ -40,6 +40,23 @@ pub struct ServerConfig {
     /// `scheme://host[:port]`, no trailing slash.
     pub public_url: Option<String>,
     pub tls: Option<TlsFiles>,
+    /// As configured: 0 means one per usable CPU (see [`ServerConfig::workers`]).
+    pub worker_threads: usize,
+}
+
+/// The most `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+impl ServerConfig {
+    /// How many threads serve requests: `worker_threads`, or when 0 the
+    /// CPUs this process may run on (its affinity mask, e.g. `taskset`, or
+    /// a container's cpuset). 1 selects tokio's single-threaded runtime.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +178,12 @@ impl Config {
         }
         errors.extend(limits_checks(&raw));
         errors.extend(ratelimit_checks(&raw));
+        if raw.server.worker_threads > MAX_WORKER_THREADS {
+            errors.push(ConfigError::new(
+                "server.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
+            ));
+        }
         if let Some(tls) = &raw.server.tls
             && tls.reload_interval < Duration::from_millis(100)
         {
@@ -205,6 +228,7 @@ impl Config {
                     key: t.key.clone(),
                     reload_interval: t.reload_interval,
                 }),
+                worker_threads: raw.server.worker_threads,
             },
             upstream: UpstreamConfig {
                 url: upstream,

@@ -24,6 +24,16 @@ fn defaults_apply_when_keys_are_absent() {
     assert_eq!(cfg.upstream.url, "http://127.0.0.1:5001");
     assert_eq!(cfg.token.service, "Docker registry");
     assert_eq!(cfg.token.lifetime.as_secs(), 300);
+    assert_eq!(cfg.server.worker_threads, 0);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(cfg.server.workers(), cpus);
+}
+
+#[test]
+fn worker_threads_are_taken_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gate.toml", "[server]\nworker_threads = 3");
+    assert_eq!(load(&path, true).unwrap().server.workers(), 3);
 }
 
 #[test]
@@ -116,6 +126,8 @@ fn errors_name_the_key() {
             "[server.tls]\ncert = \"c\"\nkey = \"k\"\nreload_interval = \"1ms\"",
             "server.tls.reload_interval",
         ),
+        ("[server]\nworker_threads = 1025", "server.worker_threads"),
+        ("[server]\nworker_threads = -1", "server.worker_threads"),
     ];
     for (text, key) in cases {
         let dir = tempfile::tempdir().unwrap();
