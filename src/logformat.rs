@@ -98,6 +98,16 @@ impl Fields<'_, '_> {
             .write_str(name.strip_prefix("r#").unwrap_or(name))?;
         self.writer.write_char('=')
     }
+
+    /// `name=digits`, as `Debug` writes integers.
+    fn number(&mut self, field: &Field, value: impl itoa::Integer) {
+        if self.result.is_ok() {
+            let mut digits = itoa::Buffer::new();
+            self.result = self
+                .name(field)
+                .and_then(|()| self.writer.write_str(digits.format(value)));
+        }
+    }
 }
 
 impl Visit for Fields<'_, '_> {
@@ -118,21 +128,11 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            let mut digits = itoa::Buffer::new();
-            self.result = self
-                .name(field)
-                .and_then(|()| self.writer.write_str(digits.format(value)));
-        }
+        self.number(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_ok() {
-            let mut digits = itoa::Buffer::new();
-            self.result = self
-                .name(field)
-                .and_then(|()| self.writer.write_str(digits.format(value)));
-        }
+        self.number(field, value);
     }
 }
 
