@@ -9,7 +9,9 @@
 //! method=GET path=/v2/ status=200 account="alice" ms=1` (values as `Full`
 //! renders them: `%` fields as `Display`, strings quoted as `Debug`).
 //! Everything else (other targets, colours on, events inside spans, a
-//! clock outside 1970-9999) goes to `Full` itself.
+//! clock outside 1970-9999) goes to `Full` itself. The access event's
+//! fields are strings, `Display` values and integers; an error-typed field
+//! would be written as its `Display` here (`Full` adds its sources).
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,10 +44,13 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
+        // No span prefix to write: the event names no parent and none is
+        // current (the gate's events have none; `Full` writes them).
+        let no_span = event.is_root() || (event.is_contextual() && ctx.lookup_current().is_none());
         let short = meta.target() == ACCESS
             && !writer.has_ansi_escapes()
             && meta.fields().field("message").is_none()
-            && ctx.lookup_current().is_none();
+            && no_span;
         let stamp = if short {
             timestamp(SystemTime::now())
         } else {
@@ -54,6 +59,8 @@ where
         let Some(stamp) = stamp else {
             return self.full.format_event(ctx, writer, event);
         };
+        #[cfg(test)]
+        tests::SHORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         writer.write_str(stamp.as_str())?;
         writer.write_str(level(meta.level()))?;
         writer.write_str(meta.target())?;
@@ -192,9 +199,15 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tracing_subscriber::fmt::MakeWriter;
+
+    /// Lines the short path wrote. Tests run in parallel: the ones that
+    /// read it hold `SERIAL`.
+    pub(super) static SHORT: AtomicUsize = AtomicUsize::new(0);
+    static SERIAL: Mutex<()> = Mutex::new(());
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -256,14 +269,24 @@ mod tests {
         tracing::info!(target: "registry_gate::other", port = 5000u16, "listening");
         tracing::error!(target: "access", r#type = "x");
         tracing::debug!(target: "access", empty = "");
+        let span = tracing::info_span!("conn", peer = 7u64);
+        span.in_scope(|| tracing::info!(target: "access", status = 200u16));
+        tracing::info!(target: "access", parent: &span, status = 201u16);
     }
 
     #[test]
     fn access_lines_are_byte_for_byte_what_full_writes() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let before = SHORT.load(Ordering::Relaxed);
         let mine = written(true, false, events);
+        // The four access events without a message or a span took the
+        // short path; the message, the other target and the span ones not.
+        assert_eq!(SHORT.load(Ordering::Relaxed) - before, 4);
         let full = written(false, false, events);
         assert_eq!(untimed(&mine), untimed(&full));
-        assert_eq!(mine.lines().count(), 6);
+        assert_eq!(mine.lines().count(), 8);
+        assert!(mine.contains("conn{peer=7}: access: status=200"), "{mine}");
+        assert!(mine.contains("conn{peer=7}: access: status=201"), "{mine}");
         assert!(
             mine.contains("  INFO access: client=10.20.3.4 method=GET"),
             "{mine}"
@@ -272,9 +295,12 @@ mod tests {
 
     #[test]
     fn with_colours_every_line_is_full() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let before = SHORT.load(Ordering::Relaxed);
         let mine = written(true, true, events);
+        assert_eq!(SHORT.load(Ordering::Relaxed), before);
         let full = written(false, true, events);
-        assert_eq!(mine.lines().count(), 6);
+        assert_eq!(mine.lines().count(), 8);
         // ANSI timestamps are wrapped in escapes: compare from the level on.
         let tail = |t: &str| -> Vec<String> {
             t.lines()

@@ -49,8 +49,9 @@ pub const MAX_WORKER_THREADS: usize = 1024;
 
 impl ServerConfig {
     /// How many threads serve requests: `worker_threads`, or when 0 the
-    /// CPUs this process may run on (its affinity mask, e.g. `taskset`, or
-    /// a container's cpuset). 1 selects tokio's single-threaded runtime.
+    /// CPUs this process may run on (its affinity mask, e.g. `taskset`, a
+    /// container's cpuset or CPU quota). 1 selects tokio's single-threaded
+    /// runtime.
     pub fn workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
