@@ -44,13 +44,12 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        // No span prefix to write: the event names no parent and none is
-        // current (the gate's events have none; `Full` writes them).
-        let no_span = event.is_root() || (event.is_contextual() && ctx.lookup_current().is_none());
+        // Last, the span check: no span prefix to write means the event
+        // names no parent and none is current (`Full` writes them).
         let short = meta.target() == ACCESS
             && !writer.has_ansi_escapes()
             && meta.fields().field("message").is_none()
-            && no_span;
+            && (event.is_root() || (event.is_contextual() && ctx.lookup_current().is_none()));
         let stamp = if short {
             timestamp(SystemTime::now())
         } else {
