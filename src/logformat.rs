@@ -127,9 +127,20 @@ impl Visit for Fields<'_, '_> {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
+            self.result = self.name(field).and_then(|()| {
+                // `Debug` leaves printable ASCII other than `"` and `\` as
+                // it is: such a value (an account name) is quoted directly.
+                if value
+                    .bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+                {
+                    self.writer.write_char('"')?;
+                    self.writer.write_str(value)?;
+                    self.writer.write_char('"')
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            });
         }
     }
 
@@ -266,7 +277,7 @@ mod tests {
         tracing::warn!(target: "access", client = %ip, account = "-", delta = -3i64, ok = true);
         tracing::info!(target: "access", "with a message {}", 1);
         tracing::info!(target: "registry_gate::other", port = 5000u16, "listening");
-        tracing::error!(target: "access", r#type = "x");
+        tracing::error!(target: "access", r#type = "x", who = "J\u{e9}r\u{f4}me\t\\ ok");
         tracing::debug!(target: "access", empty = "");
         let span = tracing::info_span!("conn", peer = 7u64);
         span.in_scope(|| tracing::info!(target: "access", status = 200u16));

@@ -55,9 +55,16 @@ pub struct Origin {
 
 impl Origin {
     fn scheme_and_host(&self) -> (&str, &str) {
-        self.external_base
-            .split_once("://")
-            .unwrap_or(("http", &self.external_base))
+        let base = self.external_base.as_str();
+        // The two schemes the gate serves, checked first: a substring search
+        // per request cost more than the rest of this function.
+        if let Some(host) = base.strip_prefix("https://") {
+            return ("https", host);
+        }
+        if let Some(host) = base.strip_prefix("http://") {
+            return ("http", host);
+        }
+        base.split_once("://").unwrap_or(("http", base))
     }
 }
 
@@ -829,6 +836,26 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
         assert_eq!(h["host"], "127.0.0.1:5001");
+    }
+
+    #[test]
+    fn scheme_and_host_split_every_base_as_before() {
+        for (base, want) in [
+            ("https://gate.example.com", ("https", "gate.example.com")),
+            ("http://127.0.0.1:5000", ("http", "127.0.0.1:5000")),
+            (
+                "https://r.example.com/prefix",
+                ("https", "r.example.com/prefix"),
+            ),
+            ("HTTPS://Gate", ("HTTPS", "Gate")),
+            ("gate.example.com", ("http", "gate.example.com")),
+        ] {
+            let origin = Origin {
+                client_ip: "10.1.2.3".parse().unwrap(),
+                external_base: base.into(),
+            };
+            assert_eq!(origin.scheme_and_host(), want, "{base}");
+        }
     }
 
     #[test]

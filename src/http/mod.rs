@@ -34,7 +34,9 @@ pub struct Conn {
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Kept for the access line: a clone shares the request's buffer.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let (resp, account) = match route(&app, req, conn).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -42,7 +44,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Respon
             (e.into_response(), account)
         }
     };
-    record(&app, &method, &path, &resp);
+    record(&app, &method, path, &resp);
     tracing::info!(
         target: "access",
         client = %IpText::new(conn.peer.ip()),
