@@ -66,6 +66,8 @@ pub fn tls_client_config(ca_pem: &str) -> Arc<ClientConfig> {
 
 /// A request body: nothing, some bytes, or `len` bytes of `pattern`
 /// repeated, sent in slices of `chunk` bytes (no copies: `Bytes` slices).
+/// A pattern body of unknown length (`sized: false`) goes out chunked, one
+/// HTTP chunk per slice.
 pub enum ReqBody {
     Empty,
     Full(Option<Bytes>),
@@ -74,16 +76,35 @@ pub enum ReqBody {
         offset: usize,
         remaining: u64,
         chunk: usize,
+        sized: bool,
     },
 }
 
+/// The chunk size of the Go registry clients (docker, podman, skopeo,
+/// containerd's pusher alike): `io.Copy`'s 32 KiB buffer, one chunk per write.
+pub const GO_CHUNK: usize = 32 * 1024;
+
 impl ReqBody {
+    /// A body with a `Content-Length`, sent in 256 KiB slices.
     pub fn pattern(pattern: Bytes, len: u64) -> Self {
         ReqBody::Pattern {
             pattern,
             offset: 0,
             remaining: len,
             chunk: 256 * 1024,
+            sized: true,
+        }
+    }
+
+    /// A body without a length, sent chunked in 32 KiB chunks, as docker and
+    /// podman send a blob's PATCH.
+    pub fn chunked(pattern: Bytes, len: u64) -> Self {
+        ReqBody::Pattern {
+            pattern,
+            offset: 0,
+            remaining: len,
+            chunk: GO_CHUNK,
+            sized: false,
         }
     }
 }
@@ -104,6 +125,7 @@ impl Body for ReqBody {
                 offset,
                 remaining,
                 chunk,
+                ..
             } => {
                 if *remaining == 0 {
                     return Poll::Ready(None);
@@ -131,7 +153,13 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Pattern { remaining, .. } => SizeHint::with_exact(*remaining),
+            ReqBody::Pattern {
+                remaining,
+                sized: true,
+                ..
+            } => SizeHint::with_exact(*remaining),
+            // Unknown to hyper, which then sends it chunked.
+            ReqBody::Pattern { .. } => SizeHint::default(),
         }
     }
 }

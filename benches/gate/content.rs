@@ -120,11 +120,16 @@ pub async fn start_upload(
     if status != StatusCode::ACCEPTED {
         return Err(format!("POST upload: {status} {}", String::from_utf8_lossy(&body)).into());
     }
+    upload_location(&headers)
+}
+
+/// The path and query of an upload answer's `Location` (distribution sends
+/// it absolute).
+fn upload_location(headers: &http::HeaderMap) -> Result<String, BoxError> {
     let location = headers
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .ok_or("upload answer without Location")?;
-    // Absolute (distribution) or not: keep the path and query.
     let start = location.find("/v2/").ok_or("odd upload Location")?;
     Ok(location[start..].to_string())
 }
@@ -183,6 +188,27 @@ pub async fn put_blob(
     finish_upload(conn, &location, &blob.digest, blob.len, body, bearer).await
 }
 
+/// Uploads a pattern blob of `repo` the way docker and podman push a layer:
+/// POST, one PATCH with the whole blob chunked in 32 KiB chunks, then a PUT
+/// with the digest and no body.
+pub async fn patch_blob(
+    conn: &mut Conn,
+    repo: &str,
+    blob: &Blob,
+    bearer: Option<&str>,
+) -> Result<(), BoxError> {
+    let location = start_upload(conn, repo, bearer).await?;
+    let req = auth(conn.request(Method::PATCH, &location), bearer)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(ReqBody::chunked(blob.pattern.clone(), blob.len))?;
+    let (status, headers, body) = conn.fetch(req).await?;
+    if status != StatusCode::ACCEPTED {
+        return Err(format!("PATCH upload: {status} {}", String::from_utf8_lossy(&body)).into());
+    }
+    let location = upload_location(&headers)?;
+    finish_upload(conn, &location, &blob.digest, 0, ReqBody::Empty, bearer).await
+}
+
 /// Pushes the small image as `repo:tag`.
 pub async fn push_small(
     conn: &mut Conn,
@@ -217,4 +243,21 @@ pub fn self_check() {
     let mut bytes = p.to_vec();
     bytes.extend_from_slice(&p[..100]);
     assert_eq!(pattern_digest(&p, bytes.len() as u64), digest(&bytes));
+    // The docker-style body: no length for hyper (so it goes chunked), in
+    // 32 KiB slices that add up to the blob.
+    let mut body = ReqBody::chunked(p.clone(), 100_000);
+    assert_eq!(http_body::Body::size_hint(&body).exact(), None);
+    let mut lens = Vec::new();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    while let std::task::Poll::Ready(Some(Ok(frame))) =
+        http_body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx)
+    {
+        lens.push(frame.into_data().map_or(0, |d| d.len()));
+    }
+    assert_eq!(lens, vec![32768, 32768, 32768, 1696]);
+    assert_eq!(
+        http_body::Body::size_hint(&ReqBody::pattern(p, 5)).exact(),
+        Some(5)
+    );
 }

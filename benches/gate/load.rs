@@ -309,13 +309,26 @@ pub async fn get_blob(
     Ok(())
 }
 
-/// Transfers of one blob (GET, or POST + PUT) on one connection, repeated
-/// until `min_time` passed (at least once); the bytes moved.
+/// How a large blob moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// A GET of the whole blob.
+    Get,
+    /// POST, then one PUT with the blob and its `Content-Length` (the
+    /// monolithic upload of the figures; containerd's way).
+    Put,
+    /// POST, a chunked PATCH in 32 KiB chunks, a PUT with the digest: how
+    /// docker, podman and skopeo push a layer.
+    Patch,
+}
+
+/// Transfers of one blob on one connection, repeated until `min_time`
+/// passed (at least once); the bytes moved.
 pub async fn transfer_rounds(
     target: &Target,
     blob: &Blob,
     repo: &str,
-    put: bool,
+    how: Transfer,
     bearer: Option<&HeaderValue>,
     min_time: Duration,
     meter: Meter<'_>,
@@ -330,10 +343,10 @@ pub async fn transfer_rounds(
     let started = Instant::now();
     let mut bytes = 0;
     loop {
-        if put {
-            content::put_blob(&mut conn, repo, blob, token).await?;
-        } else {
-            get_blob(&mut conn, &path, bearer, blob.len).await?;
+        match how {
+            Transfer::Get => get_blob(&mut conn, &path, bearer, blob.len).await?,
+            Transfer::Put => content::put_blob(&mut conn, repo, blob, token).await?,
+            Transfer::Patch => content::patch_blob(&mut conn, repo, blob, token).await?,
         }
         bytes += blob.len;
         if started.elapsed() >= min_time {
