@@ -278,7 +278,7 @@ mod tests {
         tracing::info!(target: "access", "with a message {}", 1);
         tracing::info!(target: "registry_gate::other", port = 5000u16, "listening");
         tracing::error!(target: "access", r#type = "x", who = "J\u{e9}r\u{f4}me\t\\ ok");
-        tracing::debug!(target: "access", empty = "");
+        tracing::debug!(target: "access", empty = "", odd = "o'brien {a}<b>~ `x` #1");
         let span = tracing::info_span!("conn", peer = 7u64);
         span.in_scope(|| tracing::info!(target: "access", status = 200u16));
         tracing::info!(target: "access", parent: &span, status = 201u16);
