@@ -134,8 +134,8 @@ fn serve(path: PathBuf, explicit: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // One worker: tokio's single-threaded scheduler, which does less per
-    // wake-up than the work-stealing one (measured: docs/benchmarks.md).
+    // One worker: tokio's single-threaded scheduler, measured cheaper per
+    // request than the work-stealing one with one worker (docs/benchmarks.md).
     let builder = match config.server.workers() {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {

@@ -80,8 +80,8 @@ pub enum ReqBody {
     },
 }
 
-/// The chunk size of the Go registry clients (docker, podman, skopeo,
-/// containerd's pusher alike): `io.Copy`'s 32 KiB buffer, one chunk per write.
+/// The chunk size docker (20.10) and podman (4) push a layer's PATCH in,
+/// measured with strace: one chunk per 32 KiB `io.Copy` buffer.
 pub const GO_CHUNK: usize = 32 * 1024;
 
 impl ReqBody {

@@ -315,10 +315,12 @@ pub enum Transfer {
     /// A GET of the whole blob.
     Get,
     /// POST, then one PUT with the blob and its `Content-Length` (the
-    /// monolithic upload of the figures; containerd's way).
+    /// monolithic upload of the figures; containerd's pusher does
+    /// this, per its source, not measured here).
     Put,
     /// POST, a chunked PATCH in 32 KiB chunks, a PUT with the digest: how
-    /// docker, podman and skopeo push a layer.
+    /// docker and podman push a layer (measured; skopeo shares podman's
+    /// library).
     Patch,
 }
 

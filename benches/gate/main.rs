@@ -1011,11 +1011,12 @@ async fn blobs(ctx: &mut Ctx, how: Transfer) -> Result<(), String> {
         Transfer::Put => ("PUT", PUSH_REPO),
         Transfer::Patch => ("PATCH", PUSH_REPO),
     };
+    // The targets are for GET and PUT; PATCH is measured beside them.
+    let targeted = how != Transfer::Patch;
     let mut blobs = vec![("256m", "256 MiB", ctx.blob_256m.clone(), ctx.opts.blob_secs)];
-    if how != Transfer::Patch {
+    if targeted {
         blobs.push(("1g", "1 GiB", ctx.blob_1g.clone(), 0.0));
     }
-    let targeted = how != Transfer::Patch;
     for (tag, size, blob, min_secs) in blobs {
         let key = format!("blob_{}_{tag}", verb.to_ascii_lowercase());
         let title = if targeted {

@@ -106,7 +106,7 @@ pub struct RawServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
     /// Threads serving requests: 0 = one per CPU the process may run on;
-    /// 1 = a single-threaded runtime (less scheduling work per request).
+    /// 1 = a single-threaded runtime (measured cheaper per request).
     #[serde(default)]
     pub worker_threads: usize,
 }
