@@ -338,16 +338,6 @@ const POOL_MAX_IDLE: usize = 64;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keep-alive probes on upstream connections start after this long.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// The send buffer of a connection to an upstream on the same host
-/// (`SO_SNDBUF`; the kernel doubles it, to 1 MiB).
-///
-/// A fixed buffer instead of the kernel's autotuning (which grew it to
-/// 4 MiB on loopback) cost a push 10-15% less of the gate's CPU per GiB
-/// and a few percent more throughput, measured (docs/benchmarks.md, fifth
-/// round; the mechanism was not profiled). Only on loopback: a fixed
-/// buffer caps a connection at buffer / round-trip time, so across a
-/// network the kernel keeps tuning it.
-const LOOPBACK_SEND_BUFFER: usize = 512 * 1024;
 
 /// The upstream's idle HTTP/1.1 connections, most recently used last (LIFO:
 /// a warm connection is reused first, the oldest ones age out).
@@ -478,7 +468,9 @@ impl Pool {
                         self.host, self.port
                     ))
                 })?;
-        tune(&stream);
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
@@ -489,26 +481,6 @@ impl Pool {
         });
         Ok(sender)
     }
-}
-
-/// Socket options of a new upstream connection: requests go out without
-/// Nagle's delay, keep-alive probes notice a dead upstream under an idle
-/// pooled connection, and on loopback the send buffer is fixed (see
-/// [`LOOPBACK_SEND_BUFFER`]). Failures are ignored: each is an optimisation.
-fn tune(stream: &tokio::net::TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let sock = socket2::SockRef::from(stream);
-    let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-    if let Some(size) = stream.peer_addr().ok().and_then(|a| send_buffer(a.ip())) {
-        let _ = sock.set_send_buffer_size(size);
-    }
-}
-
-/// The fixed send buffer for a connection to `peer`, if it gets one.
-fn send_buffer(peer: IpAddr) -> Option<usize> {
-    peer.to_canonical()
-        .is_loopback()
-        .then_some(LOOPBACK_SEND_BUFFER)
 }
 
 /// An upstream response body that hands its connection back to the pool
@@ -981,36 +953,6 @@ mod tests {
                 .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
         });
         (tx, body::stream(StreamBody::new(stream)))
-    }
-
-    #[test]
-    fn only_loopback_connections_get_a_fixed_send_buffer() {
-        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(send_buffer(ip), Some(LOOPBACK_SEND_BUFFER), "{ip}");
-        }
-        for ip in ["10.0.0.5", "192.0.2.1", "2001:db8::1", "::ffff:10.0.0.5"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(send_buffer(ip), None, "{ip}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_loopback_connection_is_tuned() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        tune(&stream);
-        assert!(stream.nodelay().unwrap());
-        // Linux doubles what was asked for, up to twice net.core.wmem_max.
-        let max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let size = socket2::SockRef::from(&stream).send_buffer_size().unwrap();
-        assert_eq!(size, 2 * LOOPBACK_SEND_BUFFER.min(max));
     }
 
     #[tokio::test]
