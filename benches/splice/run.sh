@@ -55,7 +55,8 @@ push() {
     local port=$1 relay=$2 name=$3 loc r0 g0 out code secs
     loc=$(curl -sf -D - -o /dev/null -X POST "http://127.0.0.1:$port/v2/bench/$name/blobs/uploads/" |
         tr -d '\r' | awk -F': ' 'tolower($1) == "location" {print $2}')
-    loc="http://127.0.0.1:$port/${loc#http*://*/}"
+    loc=${loc#http*://*/}            # absolute or relative: keep the path
+    loc="http://127.0.0.1:$port/${loc#/}"
     g0=$(ticks "$regpid"); r0=0; [ "$relay" = - ] || r0=$(ticks "$relay")
     out=$(taskset -c 1 curl -s -o /dev/null -w '%{http_code} %{time_total}' -X PUT \
         -H 'Content-Type: application/octet-stream' -T "$tmp/blob" "$loc&digest=$digest")
