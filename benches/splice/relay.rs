@@ -6,9 +6,9 @@
 //! 512 KiB buffer or spliced through a 1 MiB pipe, upstream -> client bytes
 //! are copied. Built by `run.sh` with plain rustc (std only).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 extern "C" {
     fn splice(
@@ -21,7 +21,6 @@ extern "C" {
     ) -> isize;
     fn pipe2(fds: *mut i32, flags: i32) -> i32;
     fn fcntl(fd: i32, cmd: i32, ...) -> i32;
-    fn close(fd: i32) -> i32;
 }
 
 const F_SETPIPE_SZ: i32 = 1031;
@@ -32,80 +31,106 @@ const PIPE: usize = 1 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, listen, upstream, mode] = &args[..] else {
-        eprintln!("usage: relay LISTEN UPSTREAM copy|splice");
-        std::process::exit(2);
+    let (listen, upstream, spliced) = match &args[..] {
+        [_, l, u, m] if m == "copy" || m == "splice" => (l, u, m == "splice"),
+        _ => {
+            eprintln!("usage: relay LISTEN UPSTREAM copy|splice");
+            std::process::exit(2);
+        }
     };
-    let spliced = match mode.as_str() {
-        "copy" => false,
-        "splice" => true,
-        _ => panic!("mode is copy or splice"),
-    };
-    let listener = TcpListener::bind(listen).expect("bind");
+    let listener = TcpListener::bind(listen).unwrap_or_else(|e| {
+        eprintln!("relay: cannot listen on {listen}: {e}");
+        std::process::exit(1);
+    });
     for client in listener.incoming() {
-        let client = client.expect("accept");
-        let up = TcpStream::connect(upstream).expect("connect upstream");
-        let _ = up.set_nodelay(true);
-        let _ = client.set_nodelay(true);
-        let (mut back_from, mut back_to) = (up.try_clone().unwrap(), client.try_clone().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = back_from.read(&mut buf) {
-                if n == 0 || back_to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            let _ = back_to.shutdown(Shutdown::Write);
-        });
-        if spliced {
-            splice_all(&client, &up)
-        } else {
-            copy_all(&client, &up)
+        // A failed connection is reported and the relay goes on: the
+        // measuring script sees the push fail.
+        if let Err(e) = client.and_then(|c| relay(c, upstream, spliced)) {
+            eprintln!("relay: {e}");
         }
-        let _ = up.shutdown(Shutdown::Write);
     }
 }
 
-fn copy_all(mut from: &TcpStream, mut to: &TcpStream) {
+/// Joins `client` to a new connection to `upstream` until the client is done.
+fn relay(client: TcpStream, upstream: &str, spliced: bool) -> io::Result<()> {
+    let up = TcpStream::connect(upstream)?;
+    up.set_nodelay(true)?;
+    client.set_nodelay(true)?;
+    let (mut back_from, mut back_to) = (up.try_clone()?, client.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut back_from, &mut back_to);
+        let _ = back_to.shutdown(Shutdown::Write);
+    });
+    let moved = if spliced {
+        splice_all(&client, &up)
+    } else {
+        copy_all(&client, &up)
+    };
+    let _ = up.shutdown(Shutdown::Write);
+    moved
+}
+
+fn copy_all(mut from: &TcpStream, mut to: &TcpStream) -> io::Result<()> {
     let mut buf = vec![0u8; 512 * 1024];
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || to.write_all(&buf[..n]).is_err() {
-            return;
+    loop {
+        match from.read(&mut buf)? {
+            0 => return Ok(()),
+            n => to.write_all(&buf[..n])?,
         }
     }
 }
 
-fn splice_all(from: &TcpStream, to: &TcpStream) {
-    let mut fds = [0i32; 2];
-    // SAFETY: plain system calls on descriptors this function owns or borrows.
-    unsafe {
-        assert_eq!(pipe2(fds.as_mut_ptr(), O_CLOEXEC), 0, "pipe2");
-        assert!(fcntl(fds[1], F_SETPIPE_SZ, PIPE as i32) > 0, "F_SETPIPE_SZ");
-        let null = std::ptr::null_mut();
-        loop {
-            let n = splice(from.as_raw_fd(), null, fds[1], null, PIPE, SPLICE_F_MOVE);
-            if n <= 0 {
-                break;
-            }
-            let mut left = n as usize;
-            while left > 0 {
-                let w = splice(
-                    fds[0],
+fn splice_all(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    let (read_end, write_end) = pipe()?;
+    let null = std::ptr::null_mut();
+    loop {
+        // SAFETY: splice(2) on descriptors owned or borrowed here.
+        let n = unsafe {
+            splice(
+                from.as_raw_fd(),
+                null,
+                write_end.as_raw_fd(),
+                null,
+                PIPE,
+                SPLICE_F_MOVE,
+            )
+        };
+        let mut left = checked(n)?;
+        if left == 0 {
+            return Ok(());
+        }
+        while left > 0 {
+            let flags = SPLICE_F_MOVE | SPLICE_F_MORE;
+            // SAFETY: as above.
+            let w = unsafe {
+                splice(
+                    read_end.as_raw_fd(),
                     null,
                     to.as_raw_fd(),
                     null,
                     left,
-                    SPLICE_F_MOVE | SPLICE_F_MORE,
-                );
-                if w <= 0 {
-                    close(fds[0]);
-                    close(fds[1]);
-                    return;
-                }
-                left -= w as usize;
-            }
+                    flags,
+                )
+            };
+            left -= checked(w)?;
         }
-        close(fds[0]);
-        close(fds[1]);
     }
+}
+
+/// A 1 MiB pipe; both ends close when dropped.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors, owned from here on.
+    let ends = unsafe {
+        checked(pipe2(fds.as_mut_ptr(), O_CLOEXEC) as isize)?;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    // SAFETY: fcntl on a descriptor owned here.
+    checked(unsafe { fcntl(ends.1.as_raw_fd(), F_SETPIPE_SZ, PIPE as i32) } as isize)?;
+    Ok(ends)
+}
+
+/// A system call's result as a count, or the error it set.
+fn checked(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
