@@ -104,6 +104,20 @@ fn auth(builder: http::request::Builder, bearer: Option<&str>) -> http::request:
     }
 }
 
+/// `Ok` if the registry answered `want`, else an error naming the step
+/// and quoting the answer's body.
+fn expect_status(
+    step: &str,
+    status: StatusCode,
+    want: StatusCode,
+    body: &[u8],
+) -> Result<(), BoxError> {
+    if status == want {
+        return Ok(());
+    }
+    Err(format!("{step}: {status} {}", String::from_utf8_lossy(body)).into())
+}
+
 /// Starts an upload in `repo`; the path and query of its `Location`.
 pub async fn start_upload(
     conn: &mut Conn,
@@ -117,9 +131,7 @@ pub async fn start_upload(
     .header(header::CONTENT_LENGTH, "0")
     .body(ReqBody::Empty)?;
     let (status, headers, body) = conn.fetch(req).await?;
-    if status != StatusCode::ACCEPTED {
-        return Err(format!("POST upload: {status} {}", String::from_utf8_lossy(&body)).into());
-    }
+    expect_status("POST upload", status, StatusCode::ACCEPTED, &body)?;
     upload_location(&headers)
 }
 
@@ -150,9 +162,7 @@ pub async fn finish_upload(
         .header(header::CONTENT_LENGTH, len.to_string())
         .body(body)?;
     let (status, _, body) = conn.fetch(req).await?;
-    if status != StatusCode::CREATED {
-        return Err(format!("PUT upload: {status} {}", String::from_utf8_lossy(&body)).into());
-    }
+    expect_status("PUT upload", status, StatusCode::CREATED, &body)?;
     Ok(())
 }
 
@@ -202,9 +212,7 @@ pub async fn patch_blob(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(ReqBody::chunked(blob.pattern.clone(), blob.len))?;
     let (status, headers, body) = conn.fetch(req).await?;
-    if status != StatusCode::ACCEPTED {
-        return Err(format!("PATCH upload: {status} {}", String::from_utf8_lossy(&body)).into());
-    }
+    expect_status("PATCH upload", status, StatusCode::ACCEPTED, &body)?;
     let location = upload_location(&headers)?;
     finish_upload(conn, &location, &blob.digest, 0, ReqBody::Empty, bearer).await
 }
@@ -224,9 +232,7 @@ pub async fn push_small(
         .header(header::CONTENT_TYPE, MANIFEST_TYPE)
         .body(ReqBody::Full(Some(image.manifest.clone())))?;
     let (status, _, body) = conn.fetch(req).await?;
-    if status != StatusCode::CREATED {
-        return Err(format!("PUT manifest: {status} {}", String::from_utf8_lossy(&body)).into());
-    }
+    expect_status("PUT manifest", status, StatusCode::CREATED, &body)?;
     Ok(())
 }
 
