@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{Audit, RecentWrites};
-use crate::authn::{Authenticators, LdapAuthenticator, LoginCache, StaticUsers};
+use crate::authn::{Authenticators, CredentialLogins, LdapAuthenticator, LoginCache, StaticUsers};
 use crate::authz::Acl;
 use crate::config::Config;
 use crate::health::ReadinessCache;
 use crate::metrics::{Metrics, Sources};
 use crate::ratelimit::LoginThrottle;
+use crate::store::{Store, StoreConfig, StoreError};
 use crate::token::keys::{KeyError, verifying_key_from_pem};
 use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
 use crate::ui::UiState;
@@ -43,6 +44,9 @@ pub struct App {
     pub key_id: String,
     pub readiness: ReadinessCache,
     pub audit: Audit,
+    /// The database of credentials (kept across reloads while `[store]`
+    /// names the same one).
+    pub store: Arc<Store>,
 }
 
 /// Why the app could not be built from a valid config (files unreadable).
@@ -69,6 +73,8 @@ pub enum BuildError {
     },
     #[error("token.previous_keys: {path}: {source}")]
     PreviousKey { path: String, source: KeyError },
+    #[error("{0}")]
+    Store(StoreError),
 }
 
 /// State that outlives one configuration: a reload builds a new `App` and
@@ -83,6 +89,8 @@ pub struct Carried {
     pub ui: Arc<UiState>,
     pub ephemeral_key: Option<Arc<SigningKey>>,
     pub recent_writes: Arc<RecentWrites>,
+    /// The store and the config it was opened for.
+    pub store: Option<(Arc<Store>, StoreConfig)>,
 }
 
 impl App {
@@ -98,6 +106,7 @@ impl App {
             ui: self.ui.clone(),
             ephemeral_key: (self.config.token.key.is_none()).then(|| self.key.clone()),
             recent_writes: self.audit.recent(),
+            store: Some((self.store.clone(), self.config.store.clone())),
         }
     }
 
@@ -121,11 +130,19 @@ impl App {
         keys.extend(load_previous_keys(&config)?);
         let verifier = Verifier::new(keys, &t.issuer, &t.service, t.lifetime);
         let upstream = Upstream::from_config(&config.upstream, &config.limits);
+        let store = match carried.store {
+            Some((store, same)) if same == config.store => store,
+            _ => Arc::new(Store::open(&config.store).map_err(BuildError::Store)?),
+        };
         let authn = Authenticators::new(
             StaticUsers::new(config.users.clone()),
             config.ldap.clone().map(LdapAuthenticator::new),
             LoginCache::new(STATIC_CACHE_TTL, STATIC_NEGATIVE_TTL, 10_000),
-        );
+        )
+        .with_credentials(Arc::new(CredentialLogins::new(
+            store.clone(),
+            config.tokens.cache_ttl,
+        )));
         // Back-offs carry over unless the limits themselves changed.
         let throttle = carried
             .throttle
@@ -155,6 +172,7 @@ impl App {
                     source,
                 },
             )?,
+            store,
             config,
         })
     }

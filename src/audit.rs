@@ -25,6 +25,9 @@ use serde::Serialize;
 pub enum Sink {
     Off,
     Stdout,
+    /// Where the command-line tools write it when the config says stdout
+    /// (their stdout carries their own answer, e.g. a new secret).
+    Stderr,
     File(Mutex<std::fs::File>),
 }
 
@@ -38,7 +41,32 @@ pub enum Event {
         client: IpAddr,
         requested: Vec<String>,
         granted: Vec<String>,
+        /// The robot account's or personal access token's id, when the
+        /// login used one (directly or through a refresh token bound to it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
     },
+    /// A robot credential or personal access token was made.
+    CredentialCreated {
+        id: String,
+        /// `robot` or `personal`.
+        kind: &'static str,
+        /// `robot+NAME`, or the personal token's owner.
+        account: String,
+        name: String,
+        scopes: Vec<String>,
+        expires_at: i64,
+        /// Who made it (an account, or `cli` for the command line).
+        by: String,
+    },
+    CredentialRevoked {
+        id: String,
+        account: String,
+        by: String,
+    },
+    /// Every refresh token and UI session of `account` issued before now
+    /// stopped working.
+    LoggedOutEverywhere { account: String, by: String },
     LoginFailed {
         account: String,
         client: IpAddr,
@@ -145,6 +173,15 @@ impl Audit {
         }
     }
 
+    /// The trail of a command-line tool: like the gate's, with stdout
+    /// replaced by stderr.
+    pub fn for_cli(output: &str) -> std::io::Result<Audit> {
+        match output {
+            "stdout" => Ok(Audit::new(Sink::Stderr)),
+            other => Audit::open(other),
+        }
+    }
+
     /// Opens the sink named by the `[audit] output` setting.
     pub fn open(output: &str) -> std::io::Result<Audit> {
         Audit::open_with(output, Arc::default())
@@ -216,6 +253,7 @@ impl Audit {
         let written = match &self.sink {
             Sink::Off => Ok(()),
             Sink::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            Sink::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
             // One write_all of a whole line under the lock: lines never interleave.
             Sink::File(f) => match f.lock() {
                 Ok(mut f) => f.write_all(text.as_bytes()),

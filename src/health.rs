@@ -1,5 +1,5 @@
 //! Readiness: is the upstream reachable, is LDAP reachable (when configured),
-//! is the signing key loaded. Checked at most once per `TTL` however often
+//! is the signing key loaded; and, reported beside them, is the store up. Checked at most once per `TTL` however often
 //! probes come (a load balancer may ask several times a second per instance).
 
 use std::time::{Duration, Instant};
@@ -23,6 +23,11 @@ pub struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ldap: Option<String>,
     pub signing_key: String,
+    /// The credential store. Reported, but it does not make the gate
+    /// unready: static and LDAP logins and every issued token work without
+    /// it; only robot and personal-token logins answer 503 meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// The last answer and when it was made.
@@ -49,17 +54,31 @@ impl ReadinessCache {
 
 async fn check(upstream: &Upstream, authn: &Authenticators) -> Readiness {
     let describe = |r: Result<(), String>| r.map_or_else(|e| e, |()| "ok".to_owned());
-    let (up, ldap) = tokio::join!(upstream.probe(PROBE_TIMEOUT), async {
-        match &authn.ldap {
-            Some((ldap, _)) => Some(
-                tokio::time::timeout(PROBE_TIMEOUT, ldap.ping())
-                    .await
-                    .map_err(|_| "no answer in time".to_owned())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-            ),
-            None => None,
+    let (up, ldap, store) = tokio::join!(
+        upstream.probe(PROBE_TIMEOUT),
+        async {
+            match &authn.ldap {
+                Some((ldap, _)) => Some(
+                    tokio::time::timeout(PROBE_TIMEOUT, ldap.ping())
+                        .await
+                        .map_err(|_| "no answer in time".to_owned())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                ),
+                None => None,
+            }
+        },
+        async {
+            match &authn.credentials {
+                Some(creds) => Some(
+                    tokio::time::timeout(PROBE_TIMEOUT, creds.store().ping())
+                        .await
+                        .map_err(|_| "no answer in time".to_owned())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                ),
+                None => None,
+            }
         }
-    });
+    );
     let ready = up.is_ok() && ldap.as_ref().is_none_or(Result::is_ok);
     Readiness {
         ready,
@@ -67,5 +86,6 @@ async fn check(upstream: &Upstream, authn: &Authenticators) -> Readiness {
         ldap: ldap.map(describe),
         // The app cannot be built without its key: if we run, it is loaded.
         signing_key: "ok".into(),
+        store: store.map(describe),
     }
 }

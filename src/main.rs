@@ -11,7 +11,7 @@ use registry_gate::app::App;
 use registry_gate::config::{self, Config};
 use registry_gate::logformat::LineFormat;
 use registry_gate::reload::Live;
-use registry_gate::{server, token};
+use registry_gate::{server, token, tokens};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,52 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Apply the store's schema migrations (the gate also does at start).
+    Migrate,
+    /// Robot accounts and personal access tokens (docs/tokens.md).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// End every refresh token and UI session of ACCOUNT issued until now.
+    LogoutAll { account: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a robot credential (--robot) or a personal access token
+    /// (--owner, --name); prints the secret alone on the last line of stdout.
+    Create {
+        /// The robot's name: its account is robot+NAME.
+        #[arg(long, conflicts_with = "owner")]
+        robot: Option<String>,
+        /// The personal token's owner (a static or LDAP account).
+        #[arg(long, requires = "name")]
+        owner: Option<String>,
+        /// The personal token's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// repository:PATTERN:ACTIONS, registry:catalog:*, registry:credentials:*.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// KEY=VALUE, for ACL rules and placeholders (robots only).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Lifetime, e.g. 30d (default and maximum: [tokens]).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List credentials (all, or one owner's).
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a credential by id.
+    Revoke { id: String },
 }
 
 fn main() -> ExitCode {
@@ -79,7 +125,78 @@ fn main() -> ExitCode {
             account,
             password_stdin,
         } => ldap_check(path, explicit, account, password_stdin),
+        Command::Migrate => with_store(path, explicit, |app| Box::pin(tokens::cli::migrate(app))),
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                robot,
+                owner,
+                name,
+                scopes,
+                labels,
+                expires,
+                description,
+            } => {
+                let args = tokens::cli::CreateArgs {
+                    robot,
+                    owner,
+                    name,
+                    scopes,
+                    labels,
+                    expires,
+                    description,
+                };
+                with_store(path, explicit, move |app| {
+                    Box::pin(tokens::cli::create(app, args))
+                })
+            }
+            TokenCommand::List { owner, json } => with_store(path, explicit, move |app| {
+                Box::pin(tokens::cli::list(app, owner, json))
+            }),
+            TokenCommand::Revoke { id } => with_store(path, explicit, move |app| {
+                Box::pin(async move { tokens::cli::revoke(app, &id).await })
+            }),
+        },
+        Command::LogoutAll { account } => with_store(path, explicit, move |app| {
+            Box::pin(async move { tokens::cli::logout_all(app, &account).await })
+        }),
     }
+}
+
+/// Runs a store command with the app the config describes (no port bound).
+fn with_store(
+    path: PathBuf,
+    explicit: bool,
+    f: impl for<'a> FnOnce(
+        &'a App,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ExitCode> + 'a>>,
+) -> ExitCode {
+    let config = match load(path, explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    // These commands sign nothing: an ephemeral key keeps the gate's
+    // warning about one out of their output.
+    let carried = match token::SigningKey::ephemeral() {
+        Ok(key) => registry_gate::app::Carried {
+            ephemeral_key: Some(Arc::new(key)),
+            ..Default::default()
+        },
+        Err(_) => Default::default(),
+    };
+    runtime.block_on(async {
+        let app = match App::build_with(config, carried) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("registry-gate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        f(&app).await
+    })
 }
 
 fn path_of(cli: &Cli) -> (PathBuf, bool) {
@@ -190,8 +307,23 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         service = %app.config.token.service,
         signing_key = %format!("{} (kid {})", app.key_source, app.key_id),
         workers = app.config.server.workers(),
+        store = %app.store.shown(),
         "registry-gate listening"
     );
+    // Migrations run beside serving: a store that is down must not stop
+    // the gate (static and LDAP logins do not need it); the first store
+    // query after it comes back applies them.
+    let migrating = app.clone();
+    tokio::spawn(async move {
+        match migrating.store.migrate().await {
+            Ok(()) => tracing::info!(store = %migrating.store.shown(), "store ready"),
+            Err(e) => tracing::error!(
+                store = %migrating.store.shown(),
+                error = %e,
+                "store unavailable: robot and personal-token logins answer 503 until it is back"
+            ),
+        }
+    });
     let live = Arc::new(Live::new(app, path, explicit));
     if let Some(addr) = &live.current().config.raw.metrics.listen {
         match tokio::net::TcpListener::bind(addr.as_str()).await {

@@ -44,6 +44,12 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -62,6 +68,8 @@ pub struct Metrics {
     bytes_out: Counter,
     throttled: Family<KindLabel, Counter>,
     connections: Gauge,
+    credential_logins: Family<CredentialLabels, Counter>,
+    store_up: Gauge,
     sources: Arc<RwLock<Sources>>,
 }
 
@@ -147,6 +155,18 @@ impl Metrics {
             "Client connections open now",
             connections.clone(),
         );
+        let credential_logins = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credential_logins",
+            "Token requests with a robot account's or personal access token's secret, by kind and outcome",
+            credential_logins.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 when the last check reached the store (the credential database), else 0",
+            store_up.clone(),
+        );
         let sources = Arc::new(RwLock::new(Sources::default()));
         registry.register_collector(Box::new(SourcesCollector(sources.clone())));
         Metrics {
@@ -160,8 +180,23 @@ impl Metrics {
             bytes_out,
             throttled,
             connections,
+            credential_logins,
+            store_up,
             sources,
         }
+    }
+
+    /// A login with a credential: `kind` robot or personal, `outcome`
+    /// issued, refused or unavailable.
+    pub fn credential_login(&self, kind: &'static str, outcome: &'static str) {
+        self.credential_logins
+            .get_or_create(&CredentialLabels { kind, outcome })
+            .inc();
+    }
+
+    /// Whether the store answered its last check.
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     /// Points the scrape-time counters at a (re)built app's caches.

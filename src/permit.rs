@@ -80,6 +80,7 @@ mod tests {
             jti: "j".into(),
             access: access.iter().map(AccessEntry::from).collect(),
             labels: Default::default(),
+            restrict: None,
             token_use: None,
             granted: Default::default(),
         })

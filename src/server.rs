@@ -756,6 +756,7 @@ mod tests {
             account: "alice".into(),
             backend: crate::authn::Backend::Static,
             labels: Default::default(),
+            credential: None,
         };
         app.issuer
             .issue(&identity, &[Scope::repository("a", [Action::Pull])])

@@ -720,6 +720,7 @@ fn mint(minter: &Issuer, n: usize) -> Result<Vec<HeaderValue>, String> {
         account: "bench".into(),
         backend: Backend::Static,
         labels: Default::default(),
+        credential: None,
     };
     let scopes = [Scope::repository(SMALL_REPO, [Action::Pull])];
     (0..n)

@@ -26,6 +26,13 @@ pub struct Gate {
     dir: TempDir,
     /// "https" when started with `REGISTRY_GATE_SERVER__TLS__*`, else "http".
     scheme: &'static str,
+    /// The `REGISTRY_GATE_STORE__*` overrides the test gave, for [`Gate::cli`].
+    store_env: Vec<(String, String)>,
+}
+
+/// The store of a gate whose test names none: SQLite in its temp dir.
+fn default_store(dir: &Path) -> String {
+    format!("sqlite://{}/store.db", dir.display())
 }
 
 impl Gate {
@@ -65,8 +72,11 @@ impl Gate {
             // against the working directory: the repository root, as for a user.
             cmd.current_dir(repo_root());
             scrub_env(&mut cmd);
+            // Each gate its own SQLite store in its temp dir, unless the
+            // test names one (a shared PostgreSQL, a file of its own).
             cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
                 .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)
+                .env("REGISTRY_GATE_STORE__URL", default_store(dir.path()))
                 .envs(extra_env.iter().copied());
             let mut daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
             match daemon
@@ -77,11 +87,17 @@ impl Gate {
                 .await
             {
                 Ok(()) => {
+                    let store_env = extra_env
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("REGISTRY_GATE_STORE__"))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
                     return Gate {
                         daemon,
                         addr,
                         dir,
                         scheme,
+                        store_env,
                     };
                 }
                 // An exit may be a lost race for the port: try another one.
@@ -141,6 +157,34 @@ impl Gate {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("registry-gate.toml")
+    }
+
+    /// Runs the CLI (`token create ...`) against this gate's config and
+    /// store, from the repository root as the gate runs.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        let config = self.config_path();
+        let mut full = vec!["--config", config.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        let default = default_store(self.dir());
+        let mut env: Vec<(&str, &str)> = vec![("REGISTRY_GATE_STORE__URL", &default)];
+        env.extend(self.store_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cli(&full, &env, "", &repo_root()).await
+    }
+
+    /// `token create ARGS...`: the new secret (the last line of stdout).
+    pub async fn create_token(&self, args: &[&str]) -> String {
+        let mut full = vec!["token", "create"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "token create {args:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let secret = stdout.lines().last().unwrap_or_default().to_owned();
+        assert!(secret.starts_with("rgt_"), "not a secret: {stdout:?}");
+        secret
     }
 }
 

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod http;
 pub mod image;
 pub mod podman;
+pub mod postgres;
 pub mod registry;
 pub mod slapd;
 

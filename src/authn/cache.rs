@@ -223,6 +223,7 @@ mod tests {
                     account: account.to_owned(),
                     backend: Backend::Ldap,
                     labels: Labels::from([("groups".to_owned(), vec!["pushers".to_owned()])]),
+                    credential: None,
                 }),
             )
         }

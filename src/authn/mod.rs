@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub mod cache;
+pub mod credentials;
 pub mod ldap;
+pub mod rgt;
 pub mod static_users;
 
 use crate::secret::Secret;
 pub use cache::LoginCache;
+pub use credentials::{CredentialLogins, CredentialUse, ROBOT_PREFIX};
 pub use ldap::LdapAuthenticator;
 pub use static_users::StaticUsers;
 
@@ -36,6 +39,8 @@ pub enum Backend {
     Anonymous,
     Static,
     Ldap,
+    /// A robot account: exists only in the store.
+    Robot,
 }
 
 impl Backend {
@@ -44,6 +49,7 @@ impl Backend {
             Backend::Anonymous => "anonymous",
             Backend::Static => "static",
             Backend::Ldap => "ldap",
+            Backend::Robot => "robot",
         }
     }
 }
@@ -55,6 +61,9 @@ pub struct Identity {
     pub account: String,
     pub backend: Backend,
     pub labels: Labels,
+    /// Set when the login used a robot account's or personal access
+    /// token's secret: its id and the scopes that bound what it gets.
+    pub credential: Option<Arc<CredentialUse>>,
 }
 
 impl Identity {
@@ -63,7 +72,15 @@ impl Identity {
             account: String::new(),
             backend: Backend::Anonymous,
             labels: Labels::new(),
+            credential: None,
         }
+    }
+
+    /// `robot` or `personal` for a credential login; `password` otherwise.
+    pub fn credential_kind(&self) -> &'static str {
+        self.credential
+            .as_ref()
+            .map_or("password", |c| c.kind.as_str())
     }
 }
 
@@ -90,6 +107,8 @@ pub struct Authenticators {
     /// credentials again and again: successful static logins are cached too.
     pub static_cache: Arc<LoginCache>,
     pub ldap: Option<(Arc<LdapAuthenticator>, Arc<LoginCache>)>,
+    /// Robot accounts and personal access tokens (the store).
+    pub credentials: Option<Arc<CredentialLogins>>,
 }
 
 impl Authenticators {
@@ -105,12 +124,21 @@ impl Authenticators {
                 let cache = Arc::new(l.config().login_cache());
                 (Arc::new(l), cache)
             }),
+            credentials: None,
         }
+    }
+
+    /// Adds the store's credentials as a source of identities.
+    pub fn with_credentials(mut self, credentials: Arc<CredentialLogins>) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Which backend decides about `account` (for metrics and logs).
     pub fn backend_for(&self, account: &str) -> &'static str {
-        if self.static_users.contains(account) {
+        if account.starts_with(ROBOT_PREFIX) {
+            Backend::Robot.as_str()
+        } else if self.static_users.contains(account) {
             Backend::Static.as_str()
         } else if self.ldap.is_some() {
             Backend::Ldap.as_str()
@@ -130,6 +158,27 @@ impl Authenticators {
         // empty simple bind as an anonymous success, so refuse it up front.
         if account.is_empty() || password.is_empty() {
             return Ok(None);
+        }
+        // Robot accounts live in the store alone: no static user or LDAP
+        // entry named `robot+...` is ever asked, so none can shadow one.
+        if account.starts_with(ROBOT_PREFIX) {
+            let Some(creds) = &self.credentials else {
+                return Ok(None);
+            };
+            return Ok(creds
+                .by_secret(account, password.expose())
+                .await?
+                .map(|(c, r)| credentials::robot_identity(&c, r)));
+        }
+        // A personal access token, used with its owner's name. Only a
+        // well-formed `rgt_` secret (prefix and checksum) is looked up.
+        if let Some(creds) = &self.credentials
+            && rgt::is_well_formed(password.expose())
+        {
+            return match creds.by_secret(account, password.expose()).await? {
+                Some((c, r)) => self.personal(&c, r).await,
+                None => Ok(None),
+            };
         }
         if self.static_users.contains(account) {
             let users = &self.static_users;
@@ -154,6 +203,10 @@ impl Authenticators {
         account: &str,
         backend: &str,
     ) -> Result<Option<Identity>, AuthnError> {
+        if account.starts_with(ROBOT_PREFIX) {
+            // Robots exist only through a credential: see `by_credential`.
+            return Ok(None);
+        }
         match (backend, &self.ldap) {
             ("static", _) => Ok(self.static_users.lookup(account)),
             ("ldap", Some((ldap, _))) if !self.static_users.contains(account) => {
@@ -161,6 +214,36 @@ impl Authenticators {
             }
             _ => Ok(None),
         }
+    }
+}
+
+impl Authenticators {
+    /// The identity behind credential `id` (a refresh token bound to it),
+    /// if the credential is still active and its owner still exists.
+    pub async fn by_credential(&self, id: &str) -> Result<Option<Identity>, AuthnError> {
+        let Some(creds) = &self.credentials else {
+            return Ok(None);
+        };
+        match creds.by_id(id).await? {
+            Some((c, r)) if c.kind == crate::store::CredentialKind::Robot => {
+                Ok(Some(credentials::robot_identity(&c, r)))
+            }
+            Some((c, r)) => self.personal(&c, r).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A personal token's owner as its backend knows them now: a removed
+    /// owner's tokens stop working, a demoted one's shrink with the ACL.
+    async fn personal(
+        &self,
+        c: &crate::store::Credential,
+        r: crate::authz::Restriction,
+    ) -> Result<Option<Identity>, AuthnError> {
+        Ok(self
+            .lookup(&c.account, &c.owner_backend)
+            .await?
+            .map(|owner| credentials::personal_identity(owner, c, r)))
     }
 }
 

@@ -38,6 +38,7 @@ impl StaticUsers {
             account: account.to_owned(),
             backend: Backend::Static,
             labels: u.labels.clone(),
+            credential: None,
         })
     }
 

@@ -14,6 +14,9 @@
 
 mod ip;
 mod pattern;
+mod restriction;
+
+pub use restriction::Restriction;
 
 use std::net::IpAddr;
 

@@ -17,10 +17,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 
 pub use raw::{
     RawAudit, RawConfig, RawLimits, RawLog, RawMetrics, RawRateLimit, RawServer, RawTls, RawToken,
-    RawUpstream, RawUser,
+    RawTokens, RawUpstream, RawUser,
 };
 pub use resolve::{
-    Config, LimitsConfig, ServerConfig, StaticUser, TlsFiles, TokenConfig, UpstreamConfig,
+    Config, LimitsConfig, ServerConfig, StaticUser, TlsFiles, TokenConfig, TokensConfig,
+    UpstreamConfig,
 };
 
 /// The config file used when none is named.

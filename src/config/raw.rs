@@ -13,6 +13,7 @@ use crate::authn::Labels;
 use crate::authn::ldap::LdapConfig;
 use crate::authz::RawRule;
 use crate::secret::Secret;
+use crate::store::RawStore;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,38 @@ pub struct RawConfig {
     /// The Prometheus endpoint (`[metrics]`).
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// The database of credentials and shared state (`[store]`).
+    #[serde(default)]
+    pub store: RawStore,
+    /// Robot accounts' and personal access tokens' lifetimes (`[tokens]`).
+    #[serde(default)]
+    pub tokens: RawTokens,
+}
+
+/// `[tokens]`: robot accounts and personal access tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokens {
+    /// Lifetime of a new credential when none is asked for.
+    #[serde(with = "humantime_serde")]
+    pub default_lifetime: Duration,
+    /// The longest lifetime a credential may be given.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// How long an instance trusts what it looked up in the store (at most
+    /// 10s): a revocation anywhere holds everywhere within this time.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        RawTokens {
+            default_lifetime: Duration::from_secs(90 * 24 * 3600),
+            max_lifetime: Duration::from_secs(365 * 24 * 3600),
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint `GET /metrics`.

@@ -15,6 +15,7 @@ use crate::authn::ldap::ResolvedLdap;
 use crate::authz::Acl;
 use crate::ratelimit::ThrottleConfig;
 use crate::secret::Secret;
+use crate::store::StoreConfig;
 
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +31,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[ratelimit]`: brute-force protection of the realm.
     pub ratelimit: ThrottleConfig,
+    /// `[store]`: which database, password read.
+    pub store: StoreConfig,
+    /// `[tokens]`: credential lifetimes and the store cache's TTL.
+    pub tokens: TokensConfig,
     /// What was read, for `check-config` (secrets print as `***`).
     pub raw: RawConfig,
 }
@@ -100,6 +105,13 @@ pub struct LimitsConfig {
     pub body_stall_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
+
+/// The resolved `[tokens]` section (see `RawTokens`).
+pub type TokensConfig = super::raw::RawTokens;
+
+/// The longest `[tokens] cache_ttl`: the promise is that a revoked
+/// credential stops working everywhere within 10 seconds.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct StaticUser {
@@ -205,16 +217,25 @@ impl Config {
         if let Err(e) = &ldap {
             errors.push(e.clone());
         }
-        let (listen, public_url, upstream, acl) = match (listen, public_url, upstream, acl) {
-            (Ok(l), Ok(p), Ok(u), Ok(a)) if errors.is_empty() => (l, p, u, a),
-            (l, p, u, a) => {
-                errors.extend(l.err());
-                errors.extend(p.err());
-                errors.extend(u.err());
-                errors.extend(a.err());
-                return Err(ConfigErrors(errors));
-            }
-        };
+        let store = raw
+            .store
+            .resolve(Path::new("."))
+            .map_err(|e| ConfigError::new(e.key, e.message));
+        if let Err(e) = &store {
+            errors.push(e.clone());
+        }
+        errors.extend(tokens_checks(&raw));
+        let (listen, public_url, upstream, acl, store) =
+            match (listen, public_url, upstream, acl, store) {
+                (Ok(l), Ok(p), Ok(u), Ok(a), Ok(s)) if errors.is_empty() => (l, p, u, a, s),
+                (l, p, u, a, _) => {
+                    errors.extend(l.err());
+                    errors.extend(p.err());
+                    errors.extend(u.err());
+                    errors.extend(a.err());
+                    return Err(ConfigErrors(errors));
+                }
+            };
         let authority = upstream
             .parse::<Uri>()
             .ok()
@@ -259,6 +280,8 @@ impl Config {
                 shutdown_timeout: raw.limits.shutdown_timeout,
             },
             ratelimit: ThrottleConfig::from(&raw.ratelimit),
+            store,
+            tokens: raw.tokens.clone(),
             raw,
         })
     }
@@ -285,6 +308,30 @@ fn token_checks(raw: &RawConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+fn tokens_checks(raw: &RawConfig) -> Vec<ConfigError> {
+    let t = &raw.tokens;
+    let mut errors = Vec::new();
+    if t.max_lifetime < Duration::from_secs(3600) {
+        errors.push(ConfigError::new(
+            "tokens.max_lifetime",
+            "must be at least 1h",
+        ));
+    }
+    if t.default_lifetime.is_zero() || t.default_lifetime > t.max_lifetime {
+        errors.push(ConfigError::new(
+            "tokens.default_lifetime",
+            "must be longer than 0s and not longer than tokens.max_lifetime",
+        ));
+    }
+    if t.cache_ttl.is_zero() || t.cache_ttl > MAX_CACHE_TTL {
+        errors.push(ConfigError::new(
+            "tokens.cache_ttl",
+            "must be between 1s and 10s (revocations must hold everywhere within 10s)",
+        ));
+    }
+    errors
 }
 
 /// The smallest request head limit hyper accepts.

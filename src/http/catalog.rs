@@ -59,9 +59,10 @@ pub async fn serve(
                 break;
             }
             cursor = Some(name.clone());
-            if app
-                .acl
-                .allows(&subject, &Scope::repository(name, [Action::Pull]))
+            let scope = Scope::repository(name, [Action::Pull]);
+            // A robot's or personal token's scopes bound the listing too.
+            if app.acl.allows(&subject, &scope)
+                && claims.restrict.as_ref().is_none_or(|r| r.allows(&scope))
             {
                 visible.push(name.clone());
             }

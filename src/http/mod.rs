@@ -4,6 +4,7 @@
 //! `/healthz`, `/readyz`, and the web UI (`/` redirects to `/ui/`, see
 //! [`crate::ui`]). Domain modules (authn, authz, token, access) never import this.
 
+pub mod api;
 pub mod body;
 pub mod catalog;
 pub mod challenge;
@@ -73,6 +74,7 @@ fn record(app: &App, method: &Method, path: &str, resp: &Response<Body>) {
     let kind = resp.extensions().get::<Kind>().map_or_else(
         || match path {
             "/auth" => "token",
+            p if p.starts_with("/api/") => "api",
             "/healthz" | "/readyz" => "health",
             "/metrics" => "metrics",
             p if p == "/v2" || p.starts_with("/v2/") => "registry_refused",
@@ -146,6 +148,9 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
     if path == "/v2" || path.starts_with("/v2/") {
         return registry::handle(app, req, conn).await;
     }
+    if path.starts_with("/api/v1/") {
+        return Box::pin(api::handle(app, req, conn)).await;
+    }
     let is_get = req.method() == Method::GET || req.method() == Method::HEAD;
     if path == "/healthz" && is_get {
         // Alive: the process answers. Dependencies are /readyz's business.
@@ -158,6 +163,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
     }
     if path == "/readyz" && is_get {
         let r = Box::pin(app.readiness.get(&app.upstream, &app.authn)).await;
+        app.metrics.store_up(r.store.as_deref() == Some("ok"));
         let status = if r.ready {
             StatusCode::OK
         } else {

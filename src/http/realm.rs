@@ -17,7 +17,7 @@ use super::errors::{ApiError, ErrorCode, json_response};
 use super::{Conn, Routed, TokenBackend};
 use crate::app::App;
 use crate::audit::Event;
-use crate::authn::{AuthnError, Identity};
+use crate::authn::{AuthnError, Identity, ROBOT_PREFIX, rgt};
 use crate::authz::Subject;
 use crate::scope::{self, Scope};
 use crate::secret::Secret;
@@ -81,6 +81,11 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let granted = app
         .acl
         .grant_all(&subject, &scope::merge(tr.scopes.clone()));
+    // A credential's scopes bound what its login gets: ACL ∩ scopes.
+    let granted = match &identity.credential {
+        Some(c) => c.restriction.apply(granted),
+        None => granted,
+    };
     let issued = app.issuer.issue(&identity, &granted).map_err(internal)?;
     let refresh_token = match refresh {
         Some(existing) => Some(existing),
@@ -96,7 +101,11 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         client: conn.peer.ip(),
         requested: list(&tr.scopes),
         granted: list(&granted),
+        credential: identity.credential.as_ref().map(|c| c.id.clone()),
     });
+    if let Some(c) = &identity.credential {
+        app.metrics.credential_login(c.kind.as_str(), "issued");
+    }
     let body = serde_json::to_string(&TokenResponse {
         token: &issued.token,
         access_token: &issued.token,
@@ -146,22 +155,7 @@ async fn authenticate(
                     "the account parameter does not match the credentials",
                 ));
             }
-            throttle(app, Some(account), conn)?;
-            let started = std::time::Instant::now();
-            let result = app.authn.authenticate(account, password).await;
-            let backend = match &result {
-                Ok(Some(identity)) => identity.backend.as_str(),
-                _ => app.authn.backend_for(account),
-            };
-            app.metrics.authentication(backend, started.elapsed());
-            match result {
-                Ok(Some(identity)) => {
-                    app.throttle.record_success(account, ip);
-                    Ok((identity, None))
-                }
-                Ok(None) => Err(failed(account, Some(account), "bad_credentials")),
-                Err(e) => Err(unavailable(e)),
-            }
+            Ok((login(app, account, password, conn).await?, None))
         }
         Credentials::Refresh(token) => {
             throttle(app, None, conn)?;
@@ -169,12 +163,109 @@ async fn authenticate(
                 tracing::debug!(reason = %e, "refresh token refused");
                 failed("", None, "bad_refresh_token")
             })?;
-            // The account must still exist: removing a user ends their logins.
-            match app.authn.lookup(&claims.sub, &claims.backend).await {
-                Ok(Some(identity)) => Ok((identity, Some(token.clone()))),
-                Ok(None) => Err(failed(&claims.sub, None, "account_gone")),
+            if logged_out(app, &claims.sub, claims.iat, claims.cid.is_some()).await? {
+                return Err(failed(&claims.sub, None, "logged_out"));
+            }
+            // A token bound to a credential lives only as long as it does;
+            // any other needs its account to still exist: removing a user
+            // ends their logins.
+            let current = match &claims.cid {
+                Some(id) => app.authn.by_credential(id).await,
+                None => app.authn.lookup(&claims.sub, &claims.backend).await,
+            };
+            match current {
+                Ok(Some(identity)) if identity.account == claims.sub => {
+                    Ok((identity, Some(token.clone())))
+                }
+                Ok(_) if claims.cid.is_some() => {
+                    Err(failed(&claims.sub, None, "credential_revoked_or_expired"))
+                }
+                Ok(_) => Err(failed(&claims.sub, None, "account_gone")),
+                Err(e) if claims.cid.is_some() => Err(store_unavailable(e)),
                 Err(e) => Err(unavailable(e)),
             }
+        }
+    }
+}
+
+/// Checks a password (or a robot's or personal token's secret) for
+/// `account`, throttled, counted and audited like every login: the realm's
+/// password grant and the API's Basic authentication.
+pub(crate) async fn login(
+    app: &App,
+    account: &str,
+    password: &Secret,
+    conn: Conn,
+) -> Result<Identity, ApiError> {
+    let ip = conn.peer.ip();
+    let failed = |account: &str, counted: Option<&str>, reason: &'static str| {
+        app.throttle.record_failure(counted, ip);
+        app.audit.record(Event::LoginFailed {
+            account: account.to_owned(),
+            client: ip,
+            reason,
+        });
+        bad_credentials()
+    };
+    throttle(app, Some(account), conn)?;
+    let started = std::time::Instant::now();
+    let result = app.authn.authenticate(account, password).await;
+    let backend = match &result {
+        Ok(Some(identity)) => identity.backend.as_str(),
+        _ => app.authn.backend_for(account),
+    };
+    app.metrics.authentication(backend, started.elapsed());
+    // Robot and personal-token logins, for their metric and a 503
+    // that names the store.
+    let credential_kind = if account.starts_with(ROBOT_PREFIX) {
+        Some("robot")
+    } else {
+        rgt::is_well_formed(password.expose()).then_some("personal")
+    };
+    match result {
+        Ok(Some(identity)) => {
+            app.throttle.record_success(account, ip);
+            Ok(identity)
+        }
+        Ok(None) => {
+            if let Some(kind) = credential_kind {
+                app.metrics.credential_login(kind, "refused");
+            }
+            Err(failed(account, Some(account), "bad_credentials"))
+        }
+        Err(e) => match credential_kind {
+            Some(kind) => {
+                app.metrics.credential_login(kind, "unavailable");
+                Err(store_unavailable(e))
+            }
+            None => Err(unavailable(e)),
+        },
+    }
+}
+
+/// Whether `account` logged out everywhere after `issued_at` (a refresh
+/// token's or session's `iat`): then that token no longer works.
+///
+/// When the store cannot answer, a token bound to a credential is refused
+/// with 503 (the credential itself cannot be checked either); a person's
+/// refresh token is accepted, so that a database outage never stops static
+/// and LDAP users (docker keeps only the refresh token, not the password).
+/// That outage window is logged; docs/tokens.md states it.
+pub(crate) async fn logged_out(
+    app: &App,
+    account: &str,
+    issued_at: u64,
+    bound_to_credential: bool,
+) -> Result<bool, ApiError> {
+    let Some(creds) = &app.authn.credentials else {
+        return Ok(false);
+    };
+    match creds.logged_out_at(account).await {
+        Ok(at) => Ok(at.is_some_and(|at| (issued_at as i64) <= at)),
+        Err(e) if bound_to_credential => Err(store_unavailable(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, account, "store unavailable: \"log out everywhere\" not checked for this refresh token");
+            Ok(false)
         }
     }
 }
@@ -270,7 +361,7 @@ fn parse_scopes(v: &str) -> Result<Vec<Scope>, ApiError> {
 }
 
 /// Parses `Authorization: Basic base64(account:password)`.
-fn parse_basic(value: &HeaderValue) -> Result<(String, Secret), ApiError> {
+pub(crate) fn parse_basic(value: &HeaderValue) -> Result<(String, Secret), ApiError> {
     let bad = || {
         ApiError::detail(
             ErrorCode::BadRequest,
@@ -303,6 +394,14 @@ fn unavailable(e: AuthnError) -> ApiError {
     ApiError::detail(
         ErrorCode::Unavailable,
         "authentication backend unavailable, try again later",
+    )
+}
+
+fn store_unavailable(e: AuthnError) -> ApiError {
+    tracing::error!(error = %e, "the credential store could not answer");
+    ApiError::detail(
+        ErrorCode::Unavailable,
+        "the credential store is unavailable, try again later (passwords still work)",
     )
 }
 

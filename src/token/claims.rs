@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Labels;
+use crate::authz::Restriction;
 use std::sync::OnceLock;
 
 use crate::scope::{self, AccessEntry, Scope};
@@ -35,6 +36,11 @@ pub struct AccessClaims {
     /// and the caller's own group memberships are no secret to the caller.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// The scopes of the credential a login used, only when the token
+    /// grants `registry:catalog:*` and the login used a robot account or
+    /// personal access token: the catalog filter applies them beside the ACL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restrict: Option<Restriction>,
     /// Present (and then `REFRESH_USE`) only on refresh tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_use: Option<String>,
@@ -78,6 +84,10 @@ pub struct RefreshClaims {
     /// Which backend vouched for the account when the token was issued.
     #[serde(default)]
     pub backend: String,
+    /// The credential (robot account or personal access token) the login
+    /// used: the refresh token works only while it is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
     /// `REFRESH_USE`; defaulted so that an access token fails as `Kind`.
     #[serde(default)]
     pub token_use: String,

@@ -77,6 +77,11 @@ impl Issuer {
             } else {
                 Default::default()
             },
+            restrict: identity
+                .credential
+                .as_ref()
+                .filter(|_| grants_catalog)
+                .map(|c| c.restriction.clone()),
             token_use: None,
             granted: Default::default(),
         };
@@ -102,6 +107,7 @@ impl Issuer {
             iat,
             jti: uuid::Uuid::new_v4().to_string(),
             backend: identity.backend.as_str().to_owned(),
+            cid: identity.credential.as_ref().map(|c| c.id.clone()),
             token_use: REFRESH_USE.to_owned(),
         };
         encode(&self.header(), &claims, &self.key.encoding).map_err(|e| IssueError(e.to_string()))

@@ -42,6 +42,7 @@ fn alice() -> Identity {
         account: "alice".into(),
         backend: Backend::Static,
         labels: [("team".to_owned(), vec!["ops".to_owned()])].into(),
+        credential: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn claims(exp: u64, nbf: u64, iss: &str, aud: &str) -> AccessClaims {
         jti: "j".into(),
         access: vec![],
         labels: Default::default(),
+        restrict: None,
         token_use: None,
         granted: Default::default(),
     }

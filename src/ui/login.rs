@@ -40,6 +40,18 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
         return Outcome::Throttled(t.retry_after);
     }
     match app.authn.authenticate(account, password).await {
+        // A robot's or personal token's secret does not open the UI: a
+        // session acts with the account's full rights, which a scoped
+        // credential must never turn into. Counted like a wrong password.
+        Ok(Some(identity)) if identity.credential.is_some() => {
+            app.throttle.record_failure(Some(account), client);
+            app.audit.record(Event::LoginFailed {
+                account: account.to_owned(),
+                client,
+                reason: "credential_not_for_ui",
+            });
+            Outcome::BadCredentials
+        }
         Ok(Some(identity)) => {
             app.throttle.record_success(account, client);
             app.audit.record(Event::UiLogin {

@@ -67,7 +67,8 @@ pub async fn resolve(app: &App, headers: &HeaderMap, tls: bool) -> Result<Resolv
     if let Some(token) = cookie(headers, SESSION_COOKIE) {
         match app.verifier.verify_session(token) {
             Ok(claims) if !app.ui.revoked.contains_key(&claims.jti) => {
-                if let Some(identity) = identity(app, &claims).await? {
+                let ended = logged_out_everywhere(app, &claims).await;
+                if !ended && let Some(identity) = identity(app, &claims).await? {
                     let csrf = csrf_for_session(token);
                     return Ok(Resolved {
                         viewer: Viewer {
@@ -100,6 +101,22 @@ pub async fn resolve(app: &App, headers: &HeaderMap, tls: bool) -> Result<Resolv
         },
         set_cookies,
     })
+}
+
+/// Whether the session's account logged out everywhere after the session
+/// began. A store that cannot say is logged and the session goes on, as for
+/// refresh tokens (docs/tokens.md): an outage must not sign everyone out.
+async fn logged_out_everywhere(app: &App, claims: &SessionClaims) -> bool {
+    let Some(creds) = &app.authn.credentials else {
+        return false;
+    };
+    match creds.logged_out_at(&claims.sub).await {
+        Ok(at) => at.is_some_and(|at| (claims.iat as i64) <= at),
+        Err(e) => {
+            tracing::warn!(error = %e, "ui: store unavailable, \"log out everywhere\" not checked");
+            false
+        }
+    }
 }
 
 /// The current identity of a session's account: from the UI's cache, else

@@ -526,6 +526,7 @@ impl LdapAuthenticator {
             account: account.to_owned(),
             backend: Backend::Ldap,
             labels,
+            credential: None,
         }
     }
 

@@ -1,0 +1,206 @@
+//! The store: the one door to the database that holds what must outlive a
+//! process and be shared by every instance (robot accounts' and personal
+//! access tokens' credentials, "log out everywhere" marks).
+//!
+//! SQLite (embedded, one instance) and PostgreSQL (several instances) sit
+//! behind the same functions, through sqlx. Every query is written once in
+//! portable SQL (`$1` placeholders work on both) and run by [`on_pool!`] on
+//! whichever pool is configured. Migrations are embedded and applied at start
+//! (PostgreSQL serialises concurrent starts with an advisory lock) and by
+//! `registry-gate migrate`.
+//!
+//! Opening a store opens no connection: a database that is down when the
+//! gate starts must not stop it (static and LDAP logins never need it). Each
+//! query waits at most [`ACQUIRE_TIMEOUT`] for a connection and then fails
+//! as [`StoreError::Unavailable`], which the realm answers with 503.
+//!
+//! Depends on `config`-free leaves only (`secret`); nothing of HTTP.
+
+pub mod config;
+pub mod credentials;
+pub mod logouts;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+
+pub use config::{Backend, RawStore, StoreConfig, StoreUrl};
+pub use credentials::{Credential, CredentialKind, NewCredential};
+
+/// The schema, embedded in the binary (`src/store/migrations/*.sql`).
+static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
+
+/// How long a query waits for a connection before the store counts as down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the store could not answer. Never "not found" (that is `Ok(None)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the connection.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A query or migration failed.
+    #[error("store error: {0}")]
+    Query(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same expression on whichever pool the store has: `$p` is bound
+/// to the concrete pool, so sqlx's generic query builders work on both.
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// An open (lazily connecting) store.
+pub struct Store {
+    pub(crate) pool: Pool,
+    backend: &'static str,
+    shown: String,
+    /// Whether the schema is known to be current in this process.
+    migrated: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.shown)
+    }
+}
+
+impl Store {
+    /// A pool for `config`; connects on first use. Fails only on a URL that
+    /// sqlx cannot parse.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let pool = match &config.backend {
+            Backend::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    // Readers do not wait for the writer; `busy_timeout`
+                    // covers the writers of a second process (the CLI).
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(5));
+                Pool::Sqlite(
+                    PoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_lazy_with(options),
+                )
+            }
+            Backend::Postgres { url, password } => {
+                let mut options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
+                    // sqlx's message may quote the URL; ours does not.
+                    StoreError::Query(format!("store.url {} is not a valid URL", config.shown))
+                })?;
+                if let Some(pw) = password {
+                    options = options.password(pw.expose());
+                }
+                Pool::Postgres(
+                    PoolOptions::new()
+                        .max_connections(8)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_lazy_with(options.application_name("registry-gate")),
+                )
+            }
+        };
+        Ok(Store {
+            pool,
+            backend: config.backend.name(),
+            shown: config.shown.clone(),
+            migrated: AtomicBool::new(false),
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The URL, password redacted.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Applies the embedded migrations that are not applied yet. Safe when
+    /// several instances start at once: sqlx takes PostgreSQL's advisory
+    /// lock around it, and SQLite's file lock serialises writers.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if let Pool::Sqlite(_) = self.pool {
+            self.create_sqlite_dir()?;
+        }
+        on_pool!(self, p => MIGRATOR.run(p).await)?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Migrates if this process has not yet; the first query after a store
+    /// comes back applies what a failed start could not.
+    pub async fn ensure_migrated(&self) -> Result<(), StoreError> {
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.migrate().await
+    }
+
+    /// One round trip: is the database there and the schema current?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.ensure_migrated().await?;
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// SQLite creates the file, not its directory (`data/` by default).
+    fn create_sqlite_dir(&self) -> Result<(), StoreError> {
+        if let Pool::Sqlite(p) = &self.pool {
+            let file = p.connect_options().get_filename().to_owned();
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, as the store keeps times.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
