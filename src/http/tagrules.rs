@@ -89,7 +89,7 @@ pub async fn enforce(
                 None => "a manifest or blob by digest".to_owned(),
             };
             let actions: Vec<&str> = missing.actions.iter().map(|a| a.as_str()).collect();
-            return Err(ApiError::detail(
+            return Err(ApiError::explained(
                 ErrorCode::Denied,
                 format!(
                     "the ACL does not allow {} of {what} in {name}",
@@ -122,7 +122,7 @@ pub async fn enforce(
         });
         app.metrics.tag_refused(refusal.kind());
         tracing::info!(account, repository = name, tag = refusal.tag(), rule = %refusal.rule(), kind = refusal.kind(), "immutable tag: refused");
-        ApiError::detail(ErrorCode::Denied, refusal.message(name)).for_account(account)
+        ApiError::explained(ErrorCode::Denied, refusal.message(name)).for_account(account)
     };
     match (&method, reference) {
         (&Method::PUT, Reference::Tag(tag)) => {
