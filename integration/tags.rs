@@ -424,3 +424,72 @@ async fn docker_push_follows_tag_rules() {
     );
     assert_eq!(upstream_digest(&stack, "team/dock", "v1.0").await, None);
 }
+
+#[tokio::test]
+async fn ui_marks_immutable_tags_and_refuses_their_delete() {
+    use crate::harness::browser::Browser;
+    let stack = Stack::with_config(&config()).await;
+    let skopeo = Skopeo::new();
+    let (a, b) = (OciImage::generate(), OciImage::generate());
+    skopeo_push(&skopeo, &stack, &a, "team/ui:v1.0", RELEASE)
+        .await
+        .expect("push v1.0");
+    skopeo_push(&skopeo, &stack, &b, "team/ui:sha-abc", CI)
+        .await
+        .expect("push sha-abc");
+    let gate = stack.gate.url();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{gate}/ui/login")).await;
+    browser.fill("#account-input", OPS.0).await;
+    browser.fill("#password", OPS.1).await;
+    browser.click("#login-submit").await;
+    browser
+        .wait_url("the repository list", |u| !u.contains("/ui/login"))
+        .await;
+
+    // The list marks v1.0 and offers no delete for it; sha-abc keeps its delete.
+    browser.goto(&format!("{gate}/ui/r/team/ui")).await;
+    let marked = browser
+        .attrs("tr[data-tag] .badge.immutable", "title")
+        .await;
+    assert_eq!(marked.len(), 1, "{}", browser.text("main").await);
+    assert!(marked[0].contains("immutable[0]"), "{marked:?}");
+    assert!(
+        browser
+            .exists(r#"tr[data-tag="v1.0"] .badge.immutable"#)
+            .await
+    );
+    let deletes = browser.attrs("a.danger", "href").await;
+    assert_eq!(deletes, ["/ui/r/team/ui/-/delete?reference=sha-abc"]);
+    browser
+        .goto(&format!("{gate}/ui/r/team/ui/-/tag/v1.0"))
+        .await;
+    assert!(browser.exists("#immutable").await);
+    assert!(!browser.exists("#delete").await);
+
+    // Asking anyway (by tag, and by digest) is refused, and nothing goes.
+    for reference in ["v1.0", a.manifest_digest.as_str()] {
+        browser
+            .goto(&format!(
+                "{gate}/ui/r/team/ui/-/delete?reference={reference}"
+            ))
+            .await;
+        browser.click("#confirm-delete").await;
+        browser
+            .wait_url("the result", |u| u.ends_with("/-/delete"))
+            .await;
+        let said = browser.text("#message").await;
+        assert!(said.contains("immutable"), "{reference}: {said}");
+    }
+    assert_eq!(
+        upstream_digest(&stack, "team/ui", "v1.0").await.as_deref(),
+        Some(&*a.manifest_digest)
+    );
+    let log = stack.gate.log();
+    let via_ui = log
+        .lines()
+        .filter(|l| l.contains("\"tag_immutable_refused\"") && l.contains("\"via\":\"ui\""))
+        .count();
+    assert_eq!(via_ui, 2, "{log}");
+    browser.close().await;
+}
