@@ -357,6 +357,20 @@ async fn concurrent_first_pushes_of_an_immutable_tag_leave_one_digest() {
         &["repository:team/race:pull,push"],
     )
     .await;
+    // The body of an immutable push is read whole, within the manifest limit.
+    let resp = client()
+        .put(format!(
+            "{}/v2/team/race/manifests/v0.big",
+            stack.gate.url()
+        ))
+        .bearer_auth(&t)
+        .header("content-type", MANIFEST_TYPE)
+        .body(vec![b' '; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .expect("PUT oversized manifest");
+    let (status, code, _) = refusal(resp).await;
+    assert_eq!((status, code.as_str()), (413, "MANIFEST_INVALID"));
     let (a, b) = (OciImage::generate(), OciImage::generate());
     upload_blobs(&stack, "team/race", &t, &a).await;
     upload_blobs(&stack, "team/race", &t, &b).await;
