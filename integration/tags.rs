@@ -430,7 +430,11 @@ async fn docker_push_follows_tag_rules() {
     let out = docker.run(&["push", &release], None).await;
     let said = output_text(&out);
     assert!(!out.status.success(), "ci must not push v1.0: {said}");
-    assert!(said.contains("denied"), "{said}");
+    // docker prints the error's message: the reason reaches the user.
+    assert!(
+        said.contains("denied: the ACL does not allow push of tag v1.0 in team/dock"),
+        "{said}"
+    );
     assert!(
         upstream_digest(&stack, "team/dock", "sha-abc")
             .await

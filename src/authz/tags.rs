@@ -4,7 +4,8 @@
 //! ([`crate::access`]) validates `/v2/<name>/manifests/<reference>`, and
 //! [`Reference::parse`] tells a tag from a digest. Pure decisions only; the
 //! gate's enforcement (which reads the upstream's tags) is
-//! [`crate::immutable`], and the HTTP answers are made in `http::registry`.
+//! [`crate::immutable`], and the HTTP answers are made in `http::tagrules`
+//! (and, for the web UI's deletes, in `ui::registry`).
 //!
 //! # How `tag` rules combine with first-match ordering
 //!
