@@ -13,4 +13,5 @@ mod hardening;
 mod ldap;
 mod ldap_backend;
 mod operations;
+mod tags;
 mod ui;

@@ -23,6 +23,10 @@ have ldapadd || missing+=(ldap-utils)
 [ -x /usr/bin/docker ] && have dockerd || missing+=(docker.io)
 have podman || missing+=(podman)
 { have containerd && have ctr; } || missing+=(containerd)
+# The store's tests (integration/credentials.rs): a throwaway PostgreSQL
+# cluster (initdb + the server from Debian's postgresql, run as the
+# postgres user when root), and psql/pg_dump to look inside it.
+{ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && have psql; } || missing+=(postgresql)
 # Web UI browser tests (integration/ui.rs): headless Chromium through chromedriver.
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)

@@ -2,7 +2,7 @@
 //! "who pushed `team/app:1.4`, and when" with `grep` and `jq`.
 //!
 //! Events: `token_issued`, `login_failed`, `login_throttled`, `ui_login`,
-//! `request_denied`, and
+//! `request_denied`, `tag_immutable_refused`, and
 //! `upstream_write` for every push, delete, mount and tag change that reached
 //! the upstream, with its outcome. Never a password or a token.
 //! Depends on nothing of the HTTP layer; the handlers call [`Audit::record`].
@@ -94,6 +94,26 @@ pub enum Event {
         /// The scopes the token lacked (`repository:team/app:push`...).
         missing: Vec<String>,
         reason: &'static str,
+    },
+    /// A push or delete refused because it would change an immutable tag
+    /// (`[[immutable]]`, `crate::immutable`); nothing reached the upstream.
+    TagImmutableRefused {
+        account: String,
+        client: IpAddr,
+        /// `overwrite` or `delete`.
+        action: &'static str,
+        repository: String,
+        tag: String,
+        /// The digest pushed, or deleted by digest.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        /// What the tag points to upstream, for a refused overwrite.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        existing: Option<String>,
+        /// `immutable[0] (name = "team/*")`.
+        rule: String,
+        /// `registry` (`/v2/`) or `ui`.
+        via: &'static str,
     },
     UpstreamWrite {
         account: String,

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod immutable;
 pub mod iptext;
 pub mod logformat;
 pub mod metrics;

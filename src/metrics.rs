@@ -67,6 +67,7 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     throttled: Family<KindLabel, Counter>,
+    tag_refusals: Family<KindLabel, Counter>,
     connections: Gauge,
     credential_logins: Family<CredentialLabels, Counter>,
     store_up: Gauge,
@@ -149,6 +150,12 @@ impl Metrics {
             "Logins refused by the brute-force throttle, by what was limited",
             throttled.clone(),
         );
+        let tag_refusals = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "tag_refusals",
+            "Manifest requests refused by tag rules: immutable overwrite or delete, ACL tag condition",
+            tag_refusals.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -179,6 +186,7 @@ impl Metrics {
             bytes_in,
             bytes_out,
             throttled,
+            tag_refusals,
             connections,
             credential_logins,
             store_up,
@@ -241,6 +249,12 @@ impl Metrics {
     /// The (in, out) byte counters, for a connection to add to directly.
     pub fn client_byte_counters(&self) -> (Counter, Counter) {
         (self.bytes_in.clone(), self.bytes_out.clone())
+    }
+
+    /// A request refused by a tag rule: `overwrite`, `delete` (immutable
+    /// tags) or `acl` (a `tag` condition of the ACL).
+    pub fn tag_refused(&self, kind: &'static str) {
+        self.tag_refusals.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn login_throttled(&self, kind: &'static str) {

@@ -186,6 +186,54 @@ impl Upstream {
         result
     }
 
+    /// Reads a manifest PUT's body whole, for a decision that needs its
+    /// digest (an immutable tag, `crate::immutable`). Bounded by
+    /// `max_manifest_bytes` (from `Content-Length` before reading, or as the
+    /// bytes arrive) and by `body_stall_timeout`, as a streamed one is.
+    pub async fn read_manifest(
+        &self,
+        headers: &HeaderMap,
+        incoming: Incoming,
+    ) -> Result<Bytes, UpstreamError> {
+        let max = self.max_manifest_bytes;
+        let incoming = Stall::new(incoming, self.body_stall_timeout);
+        if let Some(declared) = declared_length(headers).filter(|n| *n > max) {
+            if declared <= max.saturating_mul(2) {
+                drain(incoming, declared).await;
+            }
+            return Err(UpstreamError::ManifestTooLarge(max));
+        }
+        let over = Arc::new(AtomicBool::new(false));
+        let capped = body::stream(Capped::new(incoming, max, over.clone()));
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        match body::collect_limited(capped, limit).await {
+            Ok(bytes) => Ok(bytes),
+            Err(_) if over.load(Ordering::SeqCst) => Err(UpstreamError::ManifestTooLarge(max)),
+            Err(e) => Err(UpstreamError::Request(format!("manifest body: {e}"))),
+        }
+    }
+
+    /// Forwards an authorized manifest PUT whose body was read by
+    /// [`Upstream::read_manifest`].
+    pub async fn forward_buffered(
+        &self,
+        permit: &Permit,
+        parts: http::request::Parts,
+        manifest: Bytes,
+        origin: &Origin,
+    ) -> Result<Response<Body>, UpstreamError> {
+        debug_assert_eq!(permit.required().endpoint, Endpoint::Manifest);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut out = Request::new(body::full(manifest));
+        *out.method_mut() = parts.method;
+        *out.headers_mut() = parts.headers;
+        self.send(out, path_and_query, origin).await
+    }
+
     /// A gate-originated GET (the catalog filter pages through the upstream).
     pub async fn get(
         &self,

@@ -7,6 +7,10 @@
 //! migrate from it: ordered rules, the first matching rule decides, no match
 //! denies.
 //!
+//! Rules may also match on the `tag` a request names ([`tags`] explains how
+//! such rules combine with first-match ordering), and [`tags::Immutable`]
+//! holds the `[[immutable]]` release-tag rules.
+//!
 //! Dependencies run one way: authz uses the [`crate::scope`] and
 //! [`crate::authn`] types and nothing of the HTTP layer, so decisions are
 //! pure functions, testable without a server, and callable from both the
@@ -15,6 +19,7 @@
 mod ip;
 mod pattern;
 mod restriction;
+pub mod tags;
 
 pub use restriction::Restriction;
 
@@ -55,6 +60,9 @@ pub struct RawMatch {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The tag a manifest request names (see [`tags`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// Who asks, from where, for which service.
@@ -80,6 +88,8 @@ pub struct AclError {
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
     rules: Vec<Rule>,
+    /// Some rule has a `tag` condition (see [`Acl::has_tag_rules`]).
+    tag_rules: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +107,19 @@ struct Match {
     service: Option<Pattern>,
     ip: Option<IpNet>,
     labels: Vec<(String, Pattern)>,
+    /// Only on repository scopes, and only decided where the tag is known
+    /// (see [`Acl::grant_at`]).
+    tag: Option<Pattern>,
+}
+
+/// What a decision knows about the tag of the request it is for.
+#[derive(Debug, Clone, Copy)]
+enum TagKnown<'a> {
+    /// A token request or a visibility check: any request may follow.
+    NotYet,
+    /// The request names no tag (a manifest by digest, a blob).
+    NoTag,
+    Tag(&'a str),
 }
 
 /// What a matching rule lets through.
@@ -185,6 +208,7 @@ fn compile_rule(i: usize, raw: &RawRule) -> Result<Rule, AclError> {
             .transpose()
             .map_err(|msg| err("match.ip", msg))?,
         labels,
+        tag: pattern("tag", &m.tag)?,
     };
 
     let mut only = Actions::new();
@@ -217,12 +241,13 @@ impl Acl {
     /// Compiles the rules in order. Every pattern without placeholders is
     /// compiled here, once; the first bad key aborts with its path.
     pub fn compile(rules: &[RawRule]) -> Result<Acl, AclError> {
-        let rules = rules
+        let rules: Vec<Rule> = rules
             .iter()
             .enumerate()
             .map(|(i, r)| compile_rule(i, r))
             .collect::<Result<_, _>>()?;
-        Ok(Acl { rules })
+        let tag_rules = rules.iter().any(|r| r.when.tag.is_some());
+        Ok(Acl { rules, tag_rules })
     }
 
     /// Number of rules.
@@ -235,8 +260,36 @@ impl Acl {
         self.rules.is_empty()
     }
 
-    /// The actions of `requested` that the first matching rule allows.
+    /// True when some rule has a `tag` condition: only then does the gate
+    /// decide manifest requests again at the request (see [`tags`]).
+    pub fn has_tag_rules(&self) -> bool {
+        self.tag_rules
+    }
+
+    /// The actions of `requested` that the ACL allows when the tag is not
+    /// known yet: for a token request, or to decide what a caller may see.
+    /// Without `tag` rules this is exactly "the first matching rule decides";
+    /// with them, see [`tags`] (a matching `tag` rule adds its actions and
+    /// the walk goes on to the first matching rule without `tag`).
     pub fn grant(&self, subject: &Subject<'_>, requested: &Scope) -> Actions {
+        self.decide(subject, requested, TagKnown::NotYet)
+    }
+
+    /// The actions of `requested` that the first matching rule allows for a
+    /// request that names `tag` (`None`: it names a digest, or nothing). A
+    /// rule with `tag` matches only a request naming a tag it matches.
+    pub fn grant_at(&self, subject: &Subject<'_>, requested: &Scope, tag: Option<&str>) -> Actions {
+        self.decide(
+            subject,
+            requested,
+            match tag {
+                Some(t) => TagKnown::Tag(t),
+                None => TagKnown::NoTag,
+            },
+        )
+    }
+
+    fn decide(&self, subject: &Subject<'_>, requested: &Scope, tag: TagKnown<'_>) -> Actions {
         let vars = Vars {
             account: subject.account,
             name: &requested.name,
@@ -244,19 +297,39 @@ impl Acl {
             service: subject.service,
             labels: subject.labels,
         };
+        // Actions of `tag` rules passed while the tag is not known yet.
+        let mut possible = Actions::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.when.matches(subject, requested, &vars) {
-                // The first match decides, even when it grants nothing:
-                // `actions = []` is how a rule carves out an exception.
-                let granted = rule.allowed.apply(&requested.actions);
-                tracing::trace!(rule = i, account = subject.account, scope = %requested, granted = granted.len(), "acl decision");
-                return granted;
+            if !rule.when.matches(subject, requested, &vars) {
+                continue;
             }
+            match (&rule.when.tag, tag) {
+                (None, _) => {}
+                // A tag condition is about repositories only.
+                (Some(_), _) if requested.resource_type != crate::scope::REPOSITORY => continue,
+                (Some(p), TagKnown::Tag(t)) if p.matches(t, &vars) => {}
+                (Some(_), TagKnown::Tag(_) | TagKnown::NoTag) => continue,
+                (Some(_), TagKnown::NotYet) => {
+                    // Some tag may match this rule: what it allows may be
+                    // needed (a token must carry `push` for the tags the
+                    // caller may push), and the gate decides each manifest
+                    // request again once its tag is known.
+                    possible.extend(rule.allowed.apply(&requested.actions));
+                    continue;
+                }
+            }
+            // The first match decides, even when it grants nothing:
+            // `actions = []` is how a rule carves out an exception.
+            let mut granted = rule.allowed.apply(&requested.actions);
+            granted.extend(possible);
+            tracing::trace!(rule = i, account = subject.account, scope = %requested, granted = granted.len(), "acl decision");
+            return granted;
         }
         // Deny by default: no rule mentions this caller and resource, so
-        // nothing is granted. An ACL must opt in to every access.
-        tracing::trace!(account = subject.account, scope = %requested, "no acl rule matched; denied");
-        Actions::new()
+        // nothing is granted beyond what `tag` rules may allow for some tag.
+        // An ACL must opt in to every access.
+        tracing::trace!(account = subject.account, scope = %requested, "no acl rule without tag matched");
+        possible
     }
 
     /// Each requested scope with the actions granted on it, in request order.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::authn::Labels;
 use crate::authn::ldap::LdapConfig;
 use crate::authz::RawRule;
+use crate::authz::tags::RawImmutable;
 use crate::secret::Secret;
 use crate::store::RawStore;
 
@@ -28,6 +29,9 @@ pub struct RawConfig {
     pub users: BTreeMap<String, RawUser>,
     #[serde(default)]
     pub acl: Vec<RawRule>,
+    /// Release tags that cannot be overwritten or deleted (`[[immutable]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable: Vec<RawImmutable>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapConfig>,
     #[serde(default)]

@@ -13,6 +13,7 @@ use super::{ConfigError, ConfigErrors};
 use crate::authn::Labels;
 use crate::authn::ldap::ResolvedLdap;
 use crate::authz::Acl;
+use crate::authz::tags::Immutable;
 use crate::ratelimit::ThrottleConfig;
 use crate::secret::Secret;
 use crate::store::StoreConfig;
@@ -25,6 +26,8 @@ pub struct Config {
     pub token: TokenConfig,
     pub users: BTreeMap<String, StaticUser>,
     pub acl: Acl,
+    /// `[[immutable]]`: release tags that cannot be overwritten or deleted.
+    pub immutable: Immutable,
     /// `[ldap]`, when configured: files read, URLs checked, TLS trust built.
     pub ldap: Option<ResolvedLdap>,
     /// `[limits]`: timeouts and sizes of the HTTP edge.
@@ -206,6 +209,10 @@ impl Config {
             ));
         }
         let acl = Acl::compile(&raw.acl).map_err(|e| ConfigError::new(e.path, e.message));
+        let immutable = Immutable::compile(&raw.immutable)
+            .map_err(|e| ConfigError::new(e.path, e.message))
+            .inspect_err(|e| errors.push(e.clone()))
+            .unwrap_or_default();
         // Relative paths in [ldap] resolve against the working directory, as
         // every other path in the file does.
         let ldap = raw
@@ -268,6 +275,7 @@ impl Config {
             },
             users,
             acl,
+            immutable,
             ldap: ldap.ok().flatten(),
             limits: LimitsConfig {
                 header_read_timeout: raw.limits.header_read_timeout,

@@ -245,6 +245,7 @@ fn the_reference_documents_every_key_and_default() {
         "ldap",
         "users",
         "acl",
+        "immutable",
     ] {
         let mut v = &documented;
         for part in key.split('.') {

@@ -116,6 +116,9 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
     /// The account a refused request was made as, for the access log only.
     pub account: Option<String>,
+    /// Replaces the table's message: for refusals whose reason clients must
+    /// show (docker and skopeo print `message`, not `detail`). Must hold no secret.
+    pub message: Option<String>,
 }
 
 impl ApiError {
@@ -126,6 +129,7 @@ impl ApiError {
             challenge: None,
             retry_after_secs: None,
             account: None,
+            message: None,
         }
     }
 
@@ -136,6 +140,7 @@ impl ApiError {
             challenge: None,
             retry_after_secs: None,
             account: None,
+            message: None,
         }
     }
 
@@ -156,6 +161,17 @@ impl ApiError {
             challenge: Some(Box::new(challenge)),
             retry_after_secs: None,
             account: None,
+            message: None,
+        }
+    }
+
+    /// A refusal with its own message instead of the table's (see
+    /// [`ApiError::message`]); the detail says the same.
+    pub fn explained(code: ErrorCode, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError {
+            message: Some(message.clone()),
+            ..ApiError::detail(code, message)
         }
     }
 
@@ -167,6 +183,7 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Body> {
         let (code, status, message) = self.code.info();
+        let message = self.message.as_deref().unwrap_or(message);
         let mut entry = serde_json::json!({ "code": code, "message": message });
         if let Some(detail) = &self.detail {
             entry["detail"] = detail.as_str().into();
@@ -216,6 +233,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert_eq!(v["errors"][0]["detail"], "bad name");
+    }
+
+    #[tokio::test]
+    async fn an_explained_refusal_carries_its_own_message() {
+        let resp = ApiError::explained(ErrorCode::Denied, "tag v1 is immutable").into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED");
+        assert_eq!(v["errors"][0]["message"], "tag v1 is immutable");
     }
 
     #[test]

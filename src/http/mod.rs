@@ -11,6 +11,7 @@ pub mod challenge;
 pub mod errors;
 pub mod realm;
 pub mod registry;
+pub mod tagrules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Registry requests (`/v2/...`):
-//! classify -> verify the Bearer token -> check -> Permit -> forward.
+//! classify -> verify the Bearer token -> check -> Permit -> tag rules -> forward.
 //! Anything that does not classify is refused here and never forwarded.
 
 use http::{HeaderMap, Method, Request, Response, header};
@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use super::body::Body;
 use super::challenge::{Challenge, ChallengeError};
 use super::errors::{ApiError, ErrorCode};
+use super::tagrules::Cleared;
 use super::{Conn, Kind, Routed, catalog, external_base};
 use crate::access::{self, ClassifyError, Endpoint};
 use crate::app::App;
@@ -90,8 +91,25 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let write = write_action(&permit, req.method(), req.uri().query());
     // Only writes are audited: no reference to copy out for reads.
     let reference = write.and_then(|_| reference(req.uri().path()));
+    // Tag rules: the ACL with the tag known, and immutable tags. What they
+    // hold (a lock) is kept until the upstream has answered.
+    let cleared = super::tagrules::enforce(app, &permit, req, conn, &origin).await?;
     let started = std::time::Instant::now();
-    let result = app.upstream.forward(&permit, req, &origin).await;
+    let result = match cleared {
+        Cleared::Stream(req, hold) => {
+            let result = app.upstream.forward(&permit, req, &origin).await;
+            drop(hold);
+            result
+        }
+        Cleared::Buffered(parts, manifest, hold) => {
+            let result = app
+                .upstream
+                .forward_buffered(&permit, parts, manifest, &origin)
+                .await;
+            drop(hold);
+            result
+        }
+    };
     match &result {
         Ok(_) => app.metrics.upstream_response(started.elapsed()),
         Err(UpstreamError::Timeout) => app.metrics.upstream_error("timeout"),

@@ -31,9 +31,10 @@ pub struct AccessClaims {
     /// Absent means no access (and lets a refresh token fail as `Kind`).
     #[serde(default)]
     pub access: Vec<AccessEntry>,
-    /// The identity's labels, only when the token grants `registry:catalog:*`:
-    /// the gate filters the catalog with the ACL, which may match on labels,
-    /// and the caller's own group memberships are no secret to the caller.
+    /// The identity's labels, when the token grants anything: the gate
+    /// decides with the ACL again (the catalog filter; manifest requests
+    /// under `tag` rules), which may match on labels, and the caller's own
+    /// group memberships are no secret to the caller.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// The scopes of the credential a login used, only when the token

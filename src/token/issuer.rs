@@ -8,7 +8,7 @@ use jsonwebtoken::{Header, encode};
 use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims, SESSION_USE, SessionClaims};
 use super::keys::SigningKey;
 use crate::authn::Identity;
-use crate::scope::{AccessEntry, REGISTRY, Scope};
+use crate::scope::{AccessEntry, Scope};
 
 /// Why a token could not be signed (a broken key: an internal error).
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,9 @@ impl Issuer {
     pub fn issue(&self, identity: &Identity, granted: &[Scope]) -> Result<Issued, IssueError> {
         let now = SystemTime::now();
         let iat = unix(now);
-        let grants_catalog = granted.iter().any(|s| s.resource_type == REGISTRY);
+        let grants_catalog = granted
+            .iter()
+            .any(|s| s.resource_type == crate::scope::REGISTRY);
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: identity.account.clone(),
@@ -72,7 +74,12 @@ impl Issuer {
             iat,
             jti: uuid::Uuid::new_v4().to_string(),
             access: granted.iter().map(AccessEntry::from).collect(),
-            labels: if grants_catalog {
+            // The gate decides with the ACL again at the request: the
+            // catalog filter, and manifest requests under `tag` rules
+            // (`authz::tags`). Both may match on labels, so every token that
+            // grants something carries them (the caller's own group
+            // memberships are no secret to the caller).
+            labels: if !granted.is_empty() {
                 identity.labels.clone()
             } else {
                 Default::default()

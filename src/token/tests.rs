@@ -84,8 +84,8 @@ fn access_token_round_trips() {
     assert_eq!(claims.iss, "gate");
     assert_eq!(claims.access.len(), 1);
     assert_eq!(Scope::from(&claims.access[0]), granted[0]);
-    // Labels travel only with a catalog grant.
-    assert!(claims.labels.is_empty());
+    // Labels travel with every grant (tag rules are decided at the request).
+    assert_eq!(claims.labels, alice().labels);
     assert_eq!(issued.expires_in, 300);
     // A second verification is served from the cache and says the same.
     assert_eq!(verifier.verify_access(&issued.token).unwrap(), claims);
@@ -97,6 +97,10 @@ fn catalog_tokens_carry_labels() {
     let issued = issuer.issue(&alice(), &[Scope::catalog()]).unwrap();
     let claims = verifier.verify_access(&issued.token).unwrap();
     assert_eq!(claims.labels, alice().labels);
+    // A token granting nothing (`GET /v2/` only) carries none.
+    let issued = issuer.issue(&alice(), &[]).unwrap();
+    let claims = verifier.verify_access(&issued.token).unwrap();
+    assert!(claims.labels.is_empty());
 }
 
 #[test]

@@ -387,6 +387,8 @@ async fn repository(
         all.drain(start..end).collect()
     };
     let host = ctx.registry_host().to_owned();
+    let immutable = &ctx.app.config.immutable;
+    let viewer = ctx.viewer.identity.account.clone();
     let rows = infos
         .into_iter()
         .map(|i| views::TagRow {
@@ -405,6 +407,10 @@ async fn repository(
             },
             created: views::date(i.summary.created.as_deref()),
             platforms: i.summary.platforms.clone(),
+            immutable: immutable
+                .protecting_anyone(name, &i.tag)
+                .map(|r| r.to_string()),
+            deletable: immutable.protecting(&viewer, name, &i.tag).is_none(),
             tag: i.tag,
         })
         .collect();
@@ -503,6 +509,7 @@ async fn manifest_page(
     } else {
         format!("{name}@{}", views::short_digest(reference))
     };
+    let immutable = &ctx.app.config.immutable;
     let page_view = views::ManifestPage {
         layout: ctx.layout(title),
         name: name.to_owned(),
@@ -512,7 +519,17 @@ async fn manifest_page(
         size: views::human_size(m.size),
         compressed: views::human_size(compressed),
         pull,
-        may_delete: g.may_delete(),
+        // An immutable tag's page offers no delete; a digest's page does
+        // (the delete itself is refused while an immutable tag points to it).
+        may_delete: g.may_delete()
+            && !(is_tag
+                && immutable
+                    .protecting(&ctx.viewer.identity.account, name, reference)
+                    .is_some()),
+        immutable: is_tag
+            .then(|| immutable.protecting_anyone(name, reference))
+            .flatten()
+            .map(|r| r.to_string()),
         annotations: m.doc.annotations.clone().into_iter().collect(),
         children,
         image,
@@ -635,14 +652,7 @@ async fn delete_post(
         "The upstream registry has deletion disabled (distribution: storage.delete.enabled is false), so nothing was deleted.".into(),
     )
     };
-    let outcome = registry::delete(
-        ctx.app,
-        &g,
-        &ctx.viewer.identity.account,
-        &reference,
-        &ctx.origin,
-    )
-    .await?;
+    let outcome = registry::delete(ctx.app, &g, &ctx.subject(), &reference, &ctx.origin).await?;
     let done = |ctx: &Ctx<'_>, text: String| {
         message(ctx, StatusCode::OK, "Deleted", text, false, back.clone())
     };
@@ -688,15 +698,7 @@ async fn delete_post(
                     "The upstream registry cannot delete a tag alone, and manifest {expected} is also used by {others}; nothing was deleted. Delete the manifest to remove all of its tags."
                 )));
             }
-            match registry::delete(
-                ctx.app,
-                &g,
-                &ctx.viewer.identity.account,
-                &expected,
-                &ctx.origin,
-            )
-            .await?
-            {
+            match registry::delete(ctx.app, &g, &ctx.subject(), &expected, &ctx.origin).await? {
                 Deleted::Done => {
                     audit("tag", &expected);
                     Ok(done(

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::app::App;
 use crate::audit::Event;
 use crate::authz::Subject;
+use crate::authz::tags::Reference;
 use crate::http::body;
+use crate::immutable::{self, Refusal};
 use crate::scope::{Action, Scope};
 use crate::upstream::Origin;
 
@@ -713,10 +715,15 @@ pub enum Deleted {
 /// `DELETE /v2/<name>/manifests/<reference>`, only when the ACL grants delete.
 /// Every attempt that reaches the upstream goes into the audit trail as an
 /// `upstream_write` by `account`, as a delete through `/v2/` does.
+///
+/// Tag rules hold here as on `/v2/`: under an ACL with `tag` rules the
+/// delete is decided again with what `reference` names, and an immutable
+/// tag (or a manifest one points to) is not deleted; the hold on the
+/// repository lasts until the upstream answered.
 pub async fn delete(
     app: &App,
     g: &Granted,
-    account: &str,
+    subject: &Subject<'_>,
     reference: &str,
     origin: &Origin,
 ) -> Result<Deleted, UiError> {
@@ -726,6 +733,68 @@ pub async fn delete(
             g.name
         )));
     }
+    let account = subject.account;
+    let named = Reference::parse(reference);
+    if app.acl.has_tag_rules() {
+        let need = Scope::repository(&g.name, [Action::Delete]);
+        if app.acl.grant_at(subject, &need, named.tag()) != need.actions {
+            app.metrics.tag_refused("acl");
+            return Err(UiError::Forbidden(format!(
+                "The ACL does not allow deleting {reference} in {}.",
+                g.name
+            )));
+        }
+    }
+    let rules = &app.config.immutable;
+    let refused = |refusal: Refusal| {
+        app.audit.record(Event::TagImmutableRefused {
+            account: account.to_owned(),
+            client: origin.client_ip,
+            action: refusal.kind(),
+            repository: g.name.clone(),
+            tag: refusal.tag().to_owned(),
+            digest: named.tag().is_none().then(|| reference.to_owned()),
+            existing: None,
+            rule: refusal.rule().to_string(),
+            via: "ui",
+        });
+        app.metrics.tag_refused(refusal.kind());
+        UiError::Forbidden(format!("{}.", refusal.message(&g.name)))
+    };
+    let _hold = match named {
+        Reference::Tag(tag) => match rules.protecting(account, &g.name, tag) {
+            Some(rule) => {
+                return Err(refused(Refusal::Delete {
+                    rule,
+                    tag: tag.to_owned(),
+                    digest: None,
+                }));
+            }
+            None => None,
+        },
+        Reference::Digest(digest) if rules.covers_repository(account, &g.name) => {
+            match immutable::check_delete_digest(
+                &app.upstream,
+                origin,
+                rules,
+                account,
+                &g.name,
+                digest,
+            )
+            .await
+            {
+                Ok(Ok(hold)) => Some(hold),
+                Ok(Err(refusal)) => return Err(refused(refusal)),
+                Err(e) => {
+                    tracing::error!(error = %e, "immutable tag check failed; delete refused");
+                    return Err(UiError::Upstream(
+                        "could not check the immutable tags of this repository".into(),
+                    ));
+                }
+            }
+        }
+        Reference::Digest(_) => None,
+    };
     let pq = format!("/v2/{}/manifests/{reference}", g.name);
     let result = app
         .upstream

@@ -137,6 +137,10 @@ pub struct TagRow {
     pub created: Option<(String, String)>,
     pub platforms: Vec<String>,
     pub pull: String,
+    /// The `[[immutable]]` rule that makes this tag immutable, shown as a mark.
+    pub immutable: Option<String>,
+    /// Whether the viewer is offered a delete (never for a tag immutable for them).
+    pub deletable: bool,
 }
 
 #[derive(Template)]
@@ -369,6 +373,8 @@ pub struct ManifestPage {
     pub compressed: String,
     pub pull: String,
     pub may_delete: bool,
+    /// The `[[immutable]]` rule that makes this page's tag immutable.
+    pub immutable: Option<String>,
     pub annotations: Vec<(String, String)>,
     pub children: Vec<ChildRow>,
     pub image: Option<ImageView>,
@@ -659,6 +665,8 @@ mod tests {
             created: date(Some("2024-05-01T10:00:00Z")),
             platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
             pull: "gate:5000/team/app:v1".into(),
+            immutable: None,
+            deletable: true,
         };
         let page = |may_delete| RepoPage {
             layout: layout(),
@@ -680,5 +688,35 @@ mod tests {
             html.contains("/ui/r/team/app/-/delete?reference=v1"),
             "{html}"
         );
+        assert!(!html.contains("immutable"), "{html}");
+    }
+
+    #[test]
+    fn immutable_tags_are_marked_and_offer_no_delete() {
+        let page = RepoPage {
+            layout: layout(),
+            name: "team/app".into(),
+            rows: vec![TagRow {
+                tag: "v1".into(),
+                digest: "sha256:abc".into(),
+                short: "sha256:abc".into(),
+                index: false,
+                size: "1.0 kB".into(),
+                created: None,
+                platforms: vec![],
+                pull: "gate:5000/team/app:v1".into(),
+                immutable: Some("immutable[0] (name = \"team/*\")".into()),
+                deletable: false,
+            }],
+            total: 1,
+            pager: Pager::new(1, 1, |_| String::new()),
+            by_name: false,
+            truncated: false,
+            may_delete: true,
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains(r#"class="badge immutable""#), "{html}");
+        assert!(html.contains("immutable[0]"), "{html}");
+        assert!(!html.contains("/-/delete"), "{html}");
     }
 }
