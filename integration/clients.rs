@@ -1,8 +1,11 @@
 //! Real clients through the gate, unchanged: docker (a private dockerd),
 //! podman, skopeo and containerd's `ctr` log in, push a generated image,
 //! remove it locally, pull it back and get the same digest, as a static user
-//! (admin/badmin) and as an LDAP user (mozart/password); a pull-only user
-//! (test/123) is refused a push with a clear message. Each test runs the
+//! (admin/badmin), as an LDAP user (mozart/password) and as a robot account
+//! (`robot+NAME` with its `rgt_` secret, scoped to `team/*`); a pull-only
+//! user (test/123), a robot outside its scopes and a personal token of the
+//! pull-only user whose scopes say push are refused a push with a clear
+//! message. Each test runs the
 //! reference stack (registry + slapd + gate with the example config).
 //!
 //! Then transparency: the same raw requests straight to the upstream and
@@ -30,6 +33,8 @@ struct User {
     kind: &'static str,
     /// The backend the gate names in its tokens.
     backend: &'static str,
+    /// Where the user's test repositories live (`NAMESPACE/docker-app`).
+    namespace: &'static str,
 }
 
 const STATIC_USER: User = User {
@@ -37,12 +42,14 @@ const STATIC_USER: User = User {
     password: "badmin",
     kind: "static",
     backend: "static",
+    namespace: "admin",
 };
 const LDAP_USER: User = User {
     name: "mozart",
     password: slapd::PASSWORD,
     kind: "LDAP",
     backend: "ldap",
+    namespace: "mozart",
 };
 /// May only pull (example ACL).
 const PULL_ONLY: User = User {
@@ -50,7 +57,45 @@ const PULL_ONLY: User = User {
     password: "123",
     kind: "static",
     backend: "static",
+    namespace: "test",
 };
+
+/// A robot account made in the stack's store (`token create --robot`),
+/// scoped to push and pull `team/*`: its repositories live there.
+async fn robot(stack: &Stack, name: &'static str) -> User {
+    let secret = stack
+        .gate
+        .create_token(&["--robot", name, "--scope", "repository:team/*:pull,push"])
+        .await;
+    User {
+        name: Box::leak(format!("robot+{name}").into_boxed_str()),
+        password: Box::leak(secret.into_boxed_str()),
+        kind: "robot",
+        backend: "robot",
+        namespace: "team",
+    }
+}
+
+/// A personal access token of the pull-only `test` whose scopes say push:
+/// the ACL still decides (rights = scopes ∩ what the owner may do).
+async fn pull_only_personal_token(stack: &Stack) -> User {
+    let secret = stack
+        .gate
+        .create_token(&[
+            "--owner",
+            "test",
+            "--name",
+            "ci",
+            "--scope",
+            "repository:*/*:pull,push",
+        ])
+        .await;
+    User {
+        password: Box::leak(secret.into_boxed_str()),
+        kind: "personal token (pull-only owner)",
+        ..PULL_ONLY
+    }
+}
 
 fn pass(client: &str, user: User, operation: &str) {
     println!("matrix: {client} | {} | {operation} | pass", user.kind);
@@ -162,7 +207,8 @@ async fn assert_no_writes(stack: &Stack, repo: &str) {
 async fn docker_logs_in_pushes_and_pulls_through_the_gate() {
     let (stack, docker) = tokio::join!(Stack::start(), Docker::start());
     let host = stack.gate.addr.to_string();
-    for user in [STATIC_USER, LDAP_USER] {
+    let robot = robot(&stack, "docker").await;
+    for user in [STATIC_USER, LDAP_USER, robot] {
         let out = docker
             .run(
                 &["login", "--username", user.name, "--password-stdin", &host],
@@ -178,7 +224,12 @@ async fn docker_logs_in_pushes_and_pulls_through_the_gate() {
         );
         docker_round_trip(&stack, &docker, user).await;
     }
-    docker_denied_push(&stack, &docker).await;
+    docker_denied_push(&stack, &docker, PULL_ONLY, "test/docker-denied").await;
+    // Outside its scopes a robot is refused; a pull-only owner's personal
+    // token never pushes, whatever its scopes say.
+    docker_denied_push(&stack, &docker, robot, "other/docker-denied").await;
+    let personal = pull_only_personal_token(&stack).await;
+    docker_denied_push(&stack, &docker, personal, "test/docker-denied-pat").await;
 }
 
 async fn docker_login(docker: &Docker, host: &str, user: User) {
@@ -194,7 +245,7 @@ async fn docker_login(docker: &Docker, host: &str, user: User) {
 
 async fn docker_round_trip(stack: &Stack, docker: &Docker, user: User) {
     let host = stack.gate.addr.to_string();
-    let repo = format!("{}/docker-app", user.name);
+    let repo = format!("{}/docker-app", user.namespace);
     let reference = format!("{host}/{repo}:v1");
 
     docker_login(docker, &host, user).await;
@@ -274,17 +325,21 @@ async fn docker_round_trip(stack: &Stack, docker: &Docker, user: User) {
     pass("docker", user, "logout");
 }
 
-async fn docker_denied_push(stack: &Stack, docker: &Docker) {
+async fn docker_denied_push(stack: &Stack, docker: &Docker, user: User, repo: &str) {
     let host = stack.gate.addr.to_string();
-    let repo = "test/docker-denied";
     let reference = format!("{host}/{repo}:v1");
-    docker_login(docker, &host, PULL_ONLY).await;
+    docker_login(docker, &host, user).await;
     docker.import_random(&reference).await;
     let out = docker.run(&["push", &reference], None).await;
-    let said = refused(&out, "docker push as test", &["denied"]);
+    let said = refused(
+        &out,
+        &format!("docker push as {} to {repo}", user.name),
+        &["denied"],
+    );
     assert_no_writes(stack, repo).await;
     println!(
-        "matrix: docker | static (pull-only) | denied push says: {}",
+        "matrix: docker | {} | denied push to {repo} says: {}",
+        user.kind,
         last_line(&said)
     );
     ok(&docker.run(&["logout", &host], None).await, "docker logout");
@@ -297,7 +352,8 @@ async fn podman_logs_in_pushes_and_pulls_through_the_gate() {
     let stack = Stack::start().await;
     let host = stack.gate.addr.to_string();
     let podman = Podman::new(Some(&host));
-    for user in [STATIC_USER, LDAP_USER] {
+    let robot = robot(&stack, "podman").await;
+    for user in [STATIC_USER, LDAP_USER, robot] {
         let out = podman
             .run(
                 &["login", "--username", user.name, "--password-stdin", &host],
@@ -349,7 +405,7 @@ async fn podman_login(podman: &Podman, host: &str, user: User) {
 
 async fn podman_round_trip(stack: &Stack, podman: &Podman, user: User) {
     let host = stack.gate.addr.to_string();
-    let repo = format!("{}/podman-app", user.name);
+    let repo = format!("{}/podman-app", user.namespace);
     let reference = format!("{host}/{repo}:v1");
     let policy = podman.policy_args();
 
@@ -430,7 +486,8 @@ async fn skopeo_logs_in_pushes_and_pulls_through_the_gate() {
     let stack = Stack::start().await;
     let host = stack.gate.addr.to_string();
     let skopeo = Skopeo::new();
-    for user in [STATIC_USER, LDAP_USER] {
+    let robot = robot(&stack, "skopeo").await;
+    for user in [STATIC_USER, LDAP_USER, robot] {
         let wrong = User {
             password: "wrong",
             ..user
@@ -451,7 +508,7 @@ async fn skopeo_logs_in_pushes_and_pulls_through_the_gate() {
 
         // Push an OCI layout with the stored credentials: digest kept.
         let image = OciImage::generate();
-        let repo = format!("{}/skopeo-app", user.name);
+        let repo = format!("{}/skopeo-app", user.namespace);
         let reference = format!("{host}/{repo}:v1");
         ok(
             &skopeo.push(&image, &reference, None).await,
@@ -515,7 +572,7 @@ async fn skopeo_pushes_and_pulls_through_a_single_threaded_gate() {
     for user in [STATIC_USER, LDAP_USER] {
         skopeo_login(&skopeo, &host, user).await;
         let image = OciImage::generate();
-        let repo = format!("{}/single-thread", user.name);
+        let repo = format!("{}/single-thread", user.namespace);
         let reference = format!("{host}/{repo}:v1");
         ok(
             &skopeo.push(&image, &reference, None).await,
@@ -560,12 +617,13 @@ async fn skopeo_login_output(skopeo: &Skopeo, host: &str, user: User) -> std::pr
 async fn containerd_ctr_pushes_and_pulls_through_the_gate() {
     let (stack, containerd) = tokio::join!(Stack::start(), Containerd::start());
     let host = stack.gate.addr.to_string();
-    for user in [STATIC_USER, LDAP_USER] {
+    let robot = robot(&stack, "ctr").await;
+    for user in [STATIC_USER, LDAP_USER, robot] {
         // ctr has no login: credentials go with each command (`--user`), and
         // its resolver asks the realm by POST grant_type=password first.
         let creds = format!("{}:{}", user.name, user.password);
         let image = OciImage::generate();
-        let repo = format!("{}/ctr-app", user.name);
+        let repo = format!("{}/ctr-app", user.namespace);
         let base = format!("{host}/{repo}");
         let reference = format!("{base}:latest");
         containerd.import(&image.archive(), &base).await;
@@ -630,7 +688,7 @@ async fn containerd_ctr_pushes_and_pulls_through_the_gate() {
     // GET, refused too, and says so.
     for user in [STATIC_USER, LDAP_USER] {
         let creds = format!("{}:wrong", user.name);
-        let reference = format!("{host}/{}/ctr-app:latest", user.name);
+        let reference = format!("{host}/{}/ctr-app:latest", user.namespace);
         let out = containerd
             .ctr(&[
                 "images",
