@@ -15,3 +15,4 @@ mod ldap_backend;
 mod operations;
 mod tags;
 mod ui;
+mod ui_tokens;

@@ -22,6 +22,7 @@ mod assets;
 mod login;
 pub mod registry;
 pub mod session;
+mod tokens;
 mod views;
 
 use std::collections::HashMap;
@@ -246,7 +247,13 @@ async fn route(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bod
         "login" if method == Method::POST => login_post(ctx, req).await,
         "logout" if method == Method::POST => logout(ctx, req).await,
         "activity" if read => activity(ctx, &query),
-        "" | "login" | "logout" | "activity" => Err(UiError::MethodNotAllowed),
+        "tokens" if read => tokens::page(ctx).await,
+        "tokens" if method == Method::POST => tokens::create(ctx, req).await,
+        "tokens/revoke" if method == Method::POST => tokens::revoke(ctx, req).await,
+        "tokens/logout-all" if method == Method::POST => tokens::logout_all(ctx, req).await,
+        "" | "login" | "logout" | "activity" | "tokens" | "tokens/revoke" | "tokens/logout-all" => {
+            Err(UiError::MethodNotAllowed)
+        }
         _ => {
             let Some(r) = rest.strip_prefix("r/") else {
                 return Err(UiError::NotFound("There is no such page.".into()));

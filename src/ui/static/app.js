@@ -32,7 +32,8 @@ document.addEventListener("click", (event) => {
   const text = button.getAttribute("data-copy");
   const label = button.textContent;
   copyText(text).then(
-    () => { button.textContent = "Copied"; announce("Copied: " + text); },
+    // A secret is not read out (data-quiet): it would be spoken aloud.
+    () => { button.textContent = "Copied"; announce(button.hasAttribute("data-quiet") ? "Copied." : "Copied: " + text); },
     () => { button.textContent = "Copy failed"; announce("Copy failed; select the text and copy it."); },
   ).finally(() => setTimeout(() => { button.textContent = label; }, 1500));
 });
