@@ -145,7 +145,10 @@ else
         echo "starts its own service there: sudo systemctl disable --now docker-registry" >&2
         exit 1
     fi
+    # The store (robot accounts, personal tokens) lives with the rest of
+    # the dev stack's state, not in the checkout.
     REGISTRY_GATE_UPSTREAM__URL="http://$UPSTREAM" \
+    REGISTRY_GATE_STORE__URL="sqlite://$STATE/store/registry-gate.db" \
         nohup "$BIN" serve --config "$CONFIG" >"$STATE/gate.log" 2>&1 &
     echo $! >"$STATE/gate.pid"
     wait_http "http://127.0.0.1:$GATE_PORT/healthz" registry-gate "$STATE/gate.log" "$STATE/gate.pid"
@@ -168,6 +171,11 @@ the philosophers kant and schopenhauer exist in the directory but are refused.
   skopeo copy --dest-tls-verify=false --dest-creds mozart:password \\
       docker-archive:busybox.tar docker://localhost:$GATE_PORT/mozart/busybox:latest
   skopeo inspect --tls-verify=false --creds test:123 docker://localhost:$GATE_PORT/anyuser/busybox:latest
+
+A robot account for CI (docs/tokens.md), its secret on the last line:
+  REGISTRY_GATE_STORE__URL=sqlite://$STATE/store/registry-gate.db \
+      $BIN token create --robot ci --scope 'repository:team/*:pull,push'
+  docker login localhost:$GATE_PORT -u robot+ci -p rgt_...
 
 LDAP checks (docs/ldap.md), run from $PWD: what the gate sees, and whether mozart would log in:
   $BIN ldap-check

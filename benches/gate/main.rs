@@ -1296,8 +1296,8 @@ async fn tls_get(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// Token issuance at the realm: a static user and an LDAP user whose logins
-/// are cached, and cold LDAP logins (a gate with the LDAP login cache off:
+/// Token issuance at the realm: a static user, a robot account and an LDAP
+/// user whose logins are cached, and cold LDAP logins (a gate with the LDAP login cache off:
 /// service bind, search, user bind every time).
 async fn tokens(ctx: &mut Ctx) -> Result<(), String> {
     let title = "token issuance (GET /auth, Basic credentials)";
@@ -1309,13 +1309,26 @@ async fn tokens(ctx: &mut Ctx) -> Result<(), String> {
         pid: u32,
         user: (&'static str, &'static str),
     }
-    let mut kinds = vec![Kind {
-        key: "static_cached",
-        label: "static user, login cached",
-        target: ctx.stack.gate.target.clone(),
-        pid: ctx.stack.gate.pid(),
-        user: ("bench", servers::BENCH_PASSWORD),
-    }];
+    // A robot account's secret, looked up in the store once per cache_ttl
+    // (SQLite here): the same path as a personal access token.
+    let robot: &'static str =
+        Box::leak(servers::create_robot(ctx.stack._dir.path(), "gate")?.into_boxed_str());
+    let mut kinds = vec![
+        Kind {
+            key: "static_cached",
+            label: "static user, login cached",
+            target: ctx.stack.gate.target.clone(),
+            pid: ctx.stack.gate.pid(),
+            user: ("bench", servers::BENCH_PASSWORD),
+        },
+        Kind {
+            key: "robot_cached",
+            label: "robot account, credential cached",
+            target: ctx.stack.gate.target.clone(),
+            pid: ctx.stack.gate.pid(),
+            user: ("robot+bench", robot),
+        },
+    ];
     if let Some(cold) = &ctx.stack.gate_cold {
         kinds.push(Kind {
             key: "ldap_cached",

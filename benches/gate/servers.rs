@@ -293,7 +293,13 @@ pub async fn start_gate(
     for _ in 0..3 {
         let addr = loopback(free_port());
         let config_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_path, gate_config(addr, settings)).map_err(|e| e.to_string())?;
+        // Each gate its own store (robot credentials for the token rows).
+        let config = gate_config(addr, settings)
+            + &format!(
+                "\n[store]\nurl = \"sqlite://{}/{name}-store.db\"\n",
+                dir.display()
+            );
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let mut argv: Vec<String> = wrapper.to_vec();
         argv.extend([
             GATE_BIN.to_string(),
@@ -319,6 +325,33 @@ pub async fn start_gate(
         }
     }
     Err(last)
+}
+
+/// A robot credential `robot+bench` (pull on everything) in the store of
+/// the gate started as `name` in `dir`: its secret.
+pub fn create_robot(dir: &Path, name: &str) -> Result<String, String> {
+    let config = dir.join(format!("{name}.toml"));
+    let out = std::process::Command::new(GATE_BIN)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "token",
+            "create",
+            "--robot",
+            "bench",
+            "--scope",
+            "repository:*/*:pull",
+        ])
+        .output()
+        .map_err(|e| format!("token create: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(secret) if out.status.success() && secret.starts_with("rgt_") => Ok(secret.to_owned()),
+        _ => Err(format!(
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 /// nginx as a plain reverse proxy in front of `upstream`, in the shape of
