@@ -181,6 +181,46 @@ async fn robot_and_personal_tokens_get_scopes_intersected_with_the_acl() {
     .await;
     assert_eq!(resp.status(), 401, "push outside the robot's scopes");
 
+    // Its last use is recorded (off the login's path: wait for it).
+    let started = Instant::now();
+    loop {
+        let out = gate.cli(&["token", "list", "--json"]).await;
+        let list: Value = serde_json::from_slice(&out.stdout).expect("json list");
+        let robot_row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["account"] == "robot+ci")
+            .cloned()
+            .unwrap();
+        if robot_row["last_used_at"].is_i64() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no last use recorded: {robot_row}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = http::client()
+        .get(format!("{}/metrics", gate.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"registry_gate_credential_logins_total{kind="robot",outcome="issued"}"#)
+            && metrics.contains(
+                r#"registry_gate_credential_logins_total{kind="personal",outcome="issued"}"#
+            )
+            && metrics.contains(
+                r#"registry_gate_credential_logins_total{kind="robot",outcome="refused"}"#
+            ),
+        "{metrics}"
+    );
+
     // The audit trail names the credential; the store never holds a secret.
     gate.wait_log("\"credential\":\"c_", 1).await;
     let stored = sqlite_bytes(gate.dir());
@@ -272,6 +312,100 @@ async fn revoked_and_expired_credentials_and_their_refresh_tokens_are_refused() 
         .await;
     let took = refused_within(gate, ("robot+short", &short), Duration::from_secs(15)).await;
     println!("expired credential refused after {took:?}");
+}
+
+#[tokio::test]
+async fn token_commands_report_errors_with_exit_codes_and_redact_store_urls() {
+    let registry = crate::harness::Registry::start().await;
+    let config = gate::example_config();
+    let config = config[..config.find("\n[ldap]").unwrap()].to_owned()
+        + &config[config.find("\n# ACL").unwrap()..];
+    let gate = Gate::start_with_config(&config, &registry.url(), &[]).await;
+    let code = |out: &std::process::Output| out.status.code();
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    // Usage and input errors: 2, with the reason.
+    for (args, says) in [
+        (vec!["token", "revoke", "c_nosuch"], "no credential"),
+        (
+            vec![
+                "token",
+                "create",
+                "--robot",
+                "CI",
+                "--scope",
+                "repository:a/*:pull",
+            ],
+            "must match",
+        ),
+        (
+            vec![
+                "token",
+                "create",
+                "--robot",
+                "ci",
+                "--scope",
+                "repository:a/*:fly",
+            ],
+            "unknown action",
+        ),
+        (
+            vec![
+                "token",
+                "create",
+                "--robot",
+                "ci",
+                "--scope",
+                "repository:a/*:pull",
+                "--expires",
+                "400d",
+            ],
+            "at most",
+        ),
+        (
+            vec![
+                "token",
+                "create",
+                "--owner",
+                "nobody",
+                "--name",
+                "x",
+                "--scope",
+                "repository:a/*:pull",
+            ],
+            "no static or LDAP account",
+        ),
+        (
+            vec!["token", "create", "--scope", "repository:a/*:pull"],
+            "--robot",
+        ),
+    ] {
+        let out = gate.cli(&args).await;
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+    // The store down (a PostgreSQL nobody listens on): 1, without the password.
+    let port = crate::harness::free_port();
+    let url = format!("postgres://gate:pw-not-to-print@127.0.0.1:{port}/x");
+    let config_path = gate.config_path();
+    let env = [("REGISTRY_GATE_STORE__URL", url.as_str())];
+    let args = ["--config", config_path.to_str().unwrap(), "token", "list"];
+    let out = crate::harness::gate::cli(&args, &env, "", &crate::harness::repo_root()).await;
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("pw-not-to-print"),
+        "{}",
+        stderr(&out)
+    );
+    let args = ["--config", config_path.to_str().unwrap(), "check-config"];
+    let out = crate::harness::gate::cli(&args, &env, "", &crate::harness::repo_root()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout.contains(&format!("postgres://gate:***@127.0.0.1:{port}/x")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pw-not-to-print"));
 }
 
 #[tokio::test]

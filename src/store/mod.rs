@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod logouts;
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -75,11 +76,17 @@ pub(crate) enum Pool {
     Postgres(PgPool),
 }
 
+/// How to connect, checked when the store is opened.
+enum Options {
+    Sqlite(SqliteConnectOptions),
+    Postgres(PgConnectOptions),
+}
+
 /// Runs the same expression on whichever pool the store has: `$p` is bound
 /// to the concrete pool, so sqlx's generic query builders work on both.
 macro_rules! on_pool {
     ($store:expr, $p:ident => $body:expr) => {
-        match &$store.pool {
+        match $store.pool() {
             $crate::store::Pool::Sqlite($p) => $body,
             $crate::store::Pool::Postgres($p) => $body,
         }
@@ -89,7 +96,10 @@ pub(crate) use on_pool;
 
 /// An open (lazily connecting) store.
 pub struct Store {
-    pub(crate) pool: Pool,
+    options: Options,
+    /// Made on first use, inside the runtime (sqlx's pools spawn tasks),
+    /// so that opening a store needs no runtime (`check-config`).
+    pool: OnceLock<Pool>,
     backend: &'static str,
     shown: String,
     /// Whether the schema is known to be current in this process.
@@ -103,25 +113,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A pool for `config`; connects on first use. Fails only on a URL that
-    /// sqlx cannot parse.
+    /// The store `config` names; connects on first use. Fails only on a URL
+    /// that sqlx cannot parse.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        let pool = match &config.backend {
-            Backend::Sqlite(path) => {
-                let options = SqliteConnectOptions::new()
+        let options = match &config.backend {
+            Backend::Sqlite(path) => Options::Sqlite(
+                SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
                     // Readers do not wait for the writer; `busy_timeout`
                     // covers the writers of a second process (the CLI).
                     .journal_mode(SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(5));
-                Pool::Sqlite(
-                    PoolOptions::new()
-                        .max_connections(4)
-                        .acquire_timeout(ACQUIRE_TIMEOUT)
-                        .connect_lazy_with(options),
-                )
-            }
+                    .busy_timeout(Duration::from_secs(5)),
+            ),
             Backend::Postgres { url, password } => {
                 let mut options = PgConnectOptions::from_str(url.expose()).map_err(|_| {
                     // sqlx's message may quote the URL; ours does not.
@@ -130,19 +134,33 @@ impl Store {
                 if let Some(pw) = password {
                     options = options.password(pw.expose());
                 }
-                Pool::Postgres(
-                    PoolOptions::new()
-                        .max_connections(8)
-                        .acquire_timeout(ACQUIRE_TIMEOUT)
-                        .connect_lazy_with(options.application_name("registry-gate")),
-                )
+                Options::Postgres(options.application_name("registry-gate"))
             }
         };
         Ok(Store {
-            pool,
+            options,
+            pool: OnceLock::new(),
             backend: config.backend.name(),
             shown: config.shown.clone(),
             migrated: AtomicBool::new(false),
+        })
+    }
+
+    /// The pool, made on first use (from async code, inside the runtime).
+    pub(crate) fn pool(&self) -> &Pool {
+        self.pool.get_or_init(|| match &self.options {
+            Options::Sqlite(o) => Pool::Sqlite(
+                PoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(o.clone()),
+            ),
+            Options::Postgres(o) => Pool::Postgres(
+                PoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(o.clone()),
+            ),
         })
     }
 
@@ -160,9 +178,7 @@ impl Store {
     /// several instances start at once: sqlx takes PostgreSQL's advisory
     /// lock around it, and SQLite's file lock serialises writers.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        if let Pool::Sqlite(_) = self.pool {
-            self.create_sqlite_dir()?;
-        }
+        self.create_sqlite_dir()?;
         on_pool!(self, p => MIGRATOR.run(p).await)?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
@@ -186,8 +202,8 @@ impl Store {
 
     /// SQLite creates the file, not its directory (`data/` by default).
     fn create_sqlite_dir(&self) -> Result<(), StoreError> {
-        if let Pool::Sqlite(p) = &self.pool {
-            let file = p.connect_options().get_filename().to_owned();
+        if let Options::Sqlite(o) = &self.options {
+            let file = o.get_filename();
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
