@@ -8,6 +8,7 @@ mod harness;
 mod catalog;
 mod clients;
 mod core;
+mod fidelity;
 mod hardening;
 mod ldap;
 mod ldap_backend;

@@ -90,6 +90,7 @@ mod tests {
             endpoint,
             name: None,
             scopes,
+            forward_query: None,
         }
     }
 

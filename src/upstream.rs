@@ -152,11 +152,24 @@ impl Upstream {
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
         let (parts, incoming) = req.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = match &permit.required().forward_query {
+            // The classifier dropped parameters (an upload start's unusable
+            // `mount`/`from`): the registry gets the query it authorized.
+            Some(query) => {
+                let path = parts.uri.path();
+                let target = if query.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}?{query}")
+                };
+                parse_target(&target)?
+            }
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
         let incoming = Stall::new(incoming, self.body_stall_timeout);
         let manifest_put =
             permit.required().endpoint == Endpoint::Manifest && parts.method == Method::PUT;
