@@ -105,7 +105,7 @@ fn cases(layer: &str) -> Vec<Case> {
             upstream: 400,
             status: 400,
             code: "DIGEST_INVALID",
-            why: "distribution would store it as a tag",
+            why: "distribution tries to write it as a tag",
         },
     ));
     cases.push(case("DELETE", "/v2/fid/app/manifests/sha256:abc", Same));
