@@ -425,3 +425,138 @@ fn dockerfile_copies_what_the_build_needs() {
         );
     }
 }
+
+/// A pseudo-terminal for one child: the child gets the slave side as its
+/// stdin, stdout, stderr and controlling terminal (so `/dev/tty` is it);
+/// the test holds the master side.
+struct Pty {
+    master: std::fs::File,
+}
+
+impl Pty {
+    fn spawn(mut cmd: std::process::Command) -> (Self, std::process::Child) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two new file descriptors into the out
+        // parameters; the null pointers ask for default settings.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let slave_fd = std::os::fd::AsRawFd::as_raw_fd(&slave);
+        cmd.stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave.try_clone().expect("dup"));
+        // SAFETY: only async-signal-safe calls between fork and exec: a new
+        // session, and the slave as its controlling terminal.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on the pty");
+        drop(slave);
+        (
+            Pty {
+                master: std::fs::File::from(master),
+            },
+            child,
+        )
+    }
+
+    /// Reads until `needle` has been seen (or the child closed the pty);
+    /// everything read is appended to `seen`.
+    fn read_until(&mut self, seen: &mut String, needle: &str) {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        while !seen.contains(needle) {
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    /// Reads until the child has closed the pty (exited).
+    fn read_to_end(&mut self, seen: &mut String) {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        // EIO once the last slave descriptor is closed.
+        while let Ok(n @ 1..) = self.master.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// Whether the terminal echoes what is typed (its termios, read through
+    /// the master side).
+    fn echoes(&self) -> bool {
+        // SAFETY: a zeroed termios is a valid out parameter for tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.master);
+        // SAFETY: fd is our open master descriptor.
+        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0, "tcgetattr");
+        t.c_lflag & libc::ECHO != 0
+    }
+
+    /// Waits until the child has turned echo off, then types `line`.
+    fn type_hidden(&mut self, line: &str) {
+        use std::io::Write;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.echoes() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "echo never turned off"
+            );
+            std::thread::yield_now();
+        }
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type");
+    }
+}
+
+/// `hash-password` at a terminal: a hidden prompt, asked twice; two
+/// different answers hash nothing.
+#[test]
+fn hash_password_at_a_terminal_asks_twice_without_echo() {
+    for (again, hashed) in [("s3cret pass", true), ("s3cret typo", false)] {
+        let mut cmd = std::process::Command::new(crate::harness::gate::BIN);
+        cmd.arg("hash-password");
+        crate::harness::scrub_env(&mut cmd);
+        let (mut pty, mut child) = Pty::spawn(cmd);
+        let mut seen = String::new();
+        pty.read_until(&mut seen, "Password: ");
+        pty.type_hidden("s3cret pass");
+        pty.read_until(&mut seen, "Password again: ");
+        pty.type_hidden(again);
+        pty.read_to_end(&mut seen);
+        let status = child.wait().expect("wait");
+        assert!(!seen.contains("s3cret"), "echoed: {seen:?}");
+        if hashed {
+            assert!(status.success(), "{seen:?}");
+            let hash = seen
+                .lines()
+                .map(str::trim)
+                .rfind(|l| l.starts_with("$2"))
+                .unwrap_or_else(|| panic!("{seen:?}"));
+            assert!(bcrypt::verify("s3cret pass", hash).expect("bcrypt hash"));
+        } else {
+            assert_eq!(status.code(), Some(2), "{seen:?}");
+            assert!(seen.contains("the passwords differ"), "{seen:?}");
+            assert!(!seen.contains("$2"), "{seen:?}");
+        }
+    }
+}
