@@ -560,3 +560,41 @@ fn hash_password_at_a_terminal_asks_twice_without_echo() {
         }
     }
 }
+
+/// A newcomer's gate says once, with the fix, what is not fit for use yet:
+/// an ephemeral signing key and the example configuration's passwords.
+/// (Both are logged before the gate listens: once it answers, they are in.)
+#[tokio::test]
+async fn newcomer_warnings_are_logged_once_with_the_fix() {
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let gate = Gate::start(&upstream, &[]).await;
+    let log = gate.log();
+    for (needle, fix) in [
+        ("signing with an ephemeral key", "registry-gate gen-key --out"),
+        ("static user admin still has the example", "registry-gate hash-password"),
+        ("static user test still has the example", "registry-gate hash-password"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        assert_eq!(lines.len(), 1, "{needle}:\n{log}");
+        assert!(lines[0].contains(fix), "{}", lines[0]);
+        assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    }
+    assert!(!log.contains("badmin"), "a password in the log:\n{log}");
+
+    // New passwords: no such warning.
+    let hash = bcrypt::hash("a-new-password", 4).expect("hash");
+    let config = example_config()
+        .lines()
+        .map(|l| match l.trim_start().starts_with("password = \"$2") {
+            true => format!("password = \"{hash}\""),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gate = Gate::start_with_config(&config, &upstream, &[]).await;
+    assert!(
+        !gate.log().contains("example configuration's password"),
+        "{}",
+        gate.log()
+    );
+}

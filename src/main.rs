@@ -171,6 +171,14 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for account in registry_gate::authn::static_users::with_example_passwords(&app.config.users) {
+        tracing::warn!(
+            account,
+            "static user {account} still has the example configuration's password (README): \
+             anyone can log in as {account}. Fix: `registry-gate hash-password`, and put the \
+             hash in [users.{account}] password (or remove the user)"
+        );
+    }
     let listen = app.config.server.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
