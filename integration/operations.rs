@@ -570,9 +570,18 @@ async fn newcomer_warnings_are_logged_once_with_the_fix() {
     let gate = Gate::start(&upstream, &[]).await;
     let log = gate.log();
     for (needle, fix) in [
-        ("signing with an ephemeral key", "registry-gate gen-key --out"),
-        ("static user admin still has the example", "registry-gate hash-password"),
-        ("static user test still has the example", "registry-gate hash-password"),
+        (
+            "signing with an ephemeral key",
+            "registry-gate gen-key --out",
+        ),
+        (
+            "static user admin still has the example",
+            "registry-gate hash-password",
+        ),
+        (
+            "static user test still has the example",
+            "registry-gate hash-password",
+        ),
     ] {
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
         assert_eq!(lines.len(), 1, "{needle}:\n{log}");

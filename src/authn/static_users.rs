@@ -130,7 +130,9 @@ mod tests {
             password_hash: Secret::new(bcrypt::hash(password, 4).unwrap()),
             labels: Default::default(),
         };
-        let cases: Vec<(Vec<(&str, &str)>, Vec<&str>)> = vec![
+        // (accounts and their passwords, the accounts reported)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (
                 vec![("admin", "badmin"), ("test", "123")],
                 vec!["admin", "test"],
