@@ -607,3 +607,78 @@ async fn newcomer_warnings_are_logged_once_with_the_fix() {
         gate.log()
     );
 }
+
+/// `integration/down.sh --purge` removes what `up.sh` stored (registry
+/// storage, LDAP directory, configs, logs) and nothing else; without
+/// `--purge` the storage stays.
+#[tokio::test]
+async fn down_sh_purge_removes_the_dev_stacks_storage() {
+    let down = repo_root().join("integration/down.sh");
+    let run = |state: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&down).args(args).env("REGISTRY_GATE_STATE", state);
+        crate::harness::run_tool(cmd, None, Duration::from_secs(60))
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fill = |state: &std::path::Path| {
+        let blob = state.join("storage/docker/registry/v2/blobs/sha256/ab");
+        std::fs::create_dir_all(&blob).expect("mkdir");
+        std::fs::write(blob.join("data"), vec![7u8; 4096]).expect("blob");
+        std::fs::create_dir_all(state.join("slapd/db")).expect("mkdir");
+        std::fs::write(state.join("slapd/db/data.mdb"), "x").expect("db");
+        for f in ["registry.yml", "gate.log", "slapd.log", "registry.log"] {
+            std::fs::write(state.join(f), "x").expect(f);
+        }
+    };
+
+    let state = dir.path().join("state");
+    fill(&state);
+    std::fs::write(state.join("mine.txt"), "not up.sh's").expect("write");
+    let out = run(&state, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+    assert!(
+        state.join("storage/docker").is_dir(),
+        "kept without --purge"
+    );
+
+    let out = run(&state, &["--purge"]).await;
+    let text = crate::harness::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("purged"), "{text}");
+    for gone in [
+        "storage",
+        "slapd",
+        "registry.yml",
+        "gate.log",
+        "registry.log",
+    ] {
+        assert!(!state.join(gone).exists(), "{gone} left: {text}");
+    }
+    assert!(
+        state.join("mine.txt").is_file(),
+        "a file up.sh did not make"
+    );
+
+    // Only up.sh's files: the directory goes too.
+    let only = dir.path().join("only");
+    fill(&only);
+    let out = run(&only, &["--purge"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+    assert!(!only.exists());
+
+    let out = run(&only, &["--purg"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+}
