@@ -682,3 +682,189 @@ async fn down_sh_purge_removes_the_dev_stacks_storage() {
         crate::harness::output_text(&out)
     );
 }
+
+/// An image Docker Hub lists as official: `name[:tag]`, `library/name` or
+/// `docker.io/library/name` (no other namespace, no other registry).
+fn is_official_image(image: &str) -> bool {
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    let image = image.strip_prefix("library/").unwrap_or(image);
+    let image = image.split('@').next().unwrap_or("");
+    // A tag follows the last `:` after the last `/` (`host:port/x` has none).
+    let name = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    !name.is_empty() && !name.contains('/')
+}
+
+#[test]
+fn official_images_are_told_apart() {
+    for official in [
+        "registry:2",
+        "debian:bookworm-slim",
+        "library/debian:12",
+        "docker.io/library/rust:1-bookworm",
+        "postgres@sha256:0123",
+    ] {
+        assert!(is_official_image(official), "{official}");
+    }
+    for other in [
+        "bitnami/openldap:2.6",
+        "docker.io/bitnami/openldap",
+        "ghcr.io/x/y:1",
+        "quay.io/foo:1",
+        "localhost:5000/x",
+        "",
+    ] {
+        assert!(!is_official_image(other), "{other}");
+    }
+}
+
+/// Every image docker/compose.yaml runs is official, or built here from a
+/// Dockerfile of this repository whose base images are official (images
+/// outside the official namespace have vanished before: bitnami's, 2025).
+#[test]
+fn compose_runs_only_official_images_or_our_own_builds() {
+    let docs = yaml_documents("docker/compose.yaml");
+    let services = docs[0]["services"].as_mapping().expect("services");
+    for (name, service) in services {
+        let name = name.as_str().expect("service name");
+        if service["build"].is_mapping() {
+            let context = service["build"]["context"].as_str().expect("context");
+            let dockerfile = service["build"]["dockerfile"].as_str().expect("dockerfile");
+            let root = repo_root().join("docker").join(context);
+            assert_eq!(
+                root.canonicalize().expect("context"),
+                repo_root().canonicalize().expect("repo"),
+                "{name}: built from this repository"
+            );
+            let text = std::fs::read_to_string(root.join(dockerfile))
+                .unwrap_or_else(|e| panic!("{name}: {dockerfile}: {e}"));
+            let mut stages = Vec::new();
+            let mut bases = 0;
+            for line in text.lines().filter_map(|l| l.strip_prefix("FROM ")) {
+                bases += 1;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let base = words[0];
+                assert!(
+                    stages.contains(&base) || is_official_image(base),
+                    "{name}: {dockerfile} builds FROM {base}"
+                );
+                if let [_, as_, stage] = words[..]
+                    && as_.eq_ignore_ascii_case("as")
+                {
+                    stages.push(stage);
+                }
+            }
+            assert!(bases > 0, "{name}: no FROM in {dockerfile}");
+        } else {
+            let image = service["image"].as_str().expect("image or build");
+            assert!(is_official_image(image), "{name}: {image} is not official");
+        }
+    }
+}
+
+/// docker/openldap/Dockerfile's steps, run here as the image runs them:
+/// docker/openldap/setup.sh with the Dockerfile's arguments, then slapd as
+/// the openldap user with the Dockerfile's command (on a loopback port);
+/// the example configuration's service account and a musician with his
+/// group work against it.
+#[tokio::test]
+async fn openldap_image_steps_serve_the_example_directory() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/openldap/Dockerfile"))
+        .expect("docker/openldap/Dockerfile");
+    assert!(
+        dockerfile.contains("FROM debian:bookworm-slim"),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains("apt-get install -y --no-install-recommends slapd ldap-utils"),
+        "{dockerfile}"
+    );
+    // The setup step: COPY targets and RUN arguments, as written there.
+    let share = "/usr/local/share/registry-gate-ldap";
+    let var = "/var/lib/registry-gate-ldap";
+    assert!(
+        dockerfile.contains(&format!(
+            "COPY config/ldap/slapd.conf.template config/ldap/example.ldif {share}/"
+        )),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains(&format!(
+            "RUN registry-gate-ldap-setup {share} {var} \\\n        openldap \"$LDAP_ROOT_PASSWORD\""
+        )),
+        "{dockerfile}"
+    );
+    let cmd_line = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd_line).expect("CMD is a JSON array");
+    assert!(dockerfile.contains("USER openldap"), "{dockerfile}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path().join("share");
+    let target = dir.path().join("var");
+    std::fs::create_dir(&src).expect("mkdir");
+    for f in ["slapd.conf.template", "example.ldif"] {
+        std::fs::copy(repo_root().join("config/ldap").join(f), src.join(f)).expect("copy");
+    }
+    // The temp dir must be reachable by the openldap user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut setup = std::process::Command::new("sh");
+    setup
+        .arg(repo_root().join("docker/openldap/setup.sh"))
+        .arg(&src)
+        .arg(&target)
+        .args(["openldap", "change-me-admin"]);
+    let out = crate::harness::run_tool(setup, None, Duration::from_secs(60)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+
+    let port = free_port();
+    let url = format!("ldap://127.0.0.1:{port}/");
+    let args: Vec<String> = cmd
+        .iter()
+        .map(|a| {
+            if a.starts_with("ldap://") {
+                url.clone()
+            } else {
+                a.replace(var, &target.display().to_string())
+            }
+        })
+        .collect();
+    assert_eq!(args[0], "slapd");
+    let mut slapd = std::process::Command::new("setpriv");
+    slapd
+        .args(["--reuid=openldap", "--regid=openldap", "--init-groups"])
+        .args(&args);
+    let mut daemon = crate::harness::Daemon::spawn("slapd", slapd, &dir.path().join("slapd.log"));
+    // Ready once it accepts connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(daemon.exited().is_none(), "slapd exited: {}", daemon.log());
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let env = [("REGISTRY_GATE_LDAP__URL", url.as_str())];
+    let args = [
+        "ldap-check",
+        "--config",
+        "config/registry-gate.toml",
+        "mozart",
+        "--password-stdin",
+    ];
+    let out = crate::harness::gate::cli(&args, &env, "password\n", &repo_root()).await;
+    let text = crate::harness::output_text(&out);
+    assert!(out.status.success(), "{text}\n{}", daemon.log());
+    assert!(text.contains(r#"groups = ["pushers"]"#), "{text}");
+    assert!(text.contains("would log in as mozart"), "{text}");
+}
