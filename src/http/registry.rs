@@ -194,7 +194,10 @@ fn refusal(e: ClassifyError) -> ApiError {
         ClassifyError::MethodNotAllowed => ErrorCode::Unsupported,
         ClassifyError::NameInvalid => ErrorCode::NameUnknown,
         ClassifyError::DigestInvalid => ErrorCode::DigestInvalid,
-        ClassifyError::QueryInvalid(_) | ClassifyError::AfterPermit { .. } => ErrorCode::BadRequest,
+        ClassifyError::QueryInvalid(_) => ErrorCode::BadRequest,
+        // Answered after the permit by `handle`, never here; were it to
+        // arrive, a refusal is still the safe answer.
+        ClassifyError::AfterPermit { .. } => ErrorCode::BadRequest,
     };
     ApiError::detail(code, e.to_string())
 }
