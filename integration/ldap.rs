@@ -432,6 +432,8 @@ async fn ldap_check_cli_reports_and_fails_on_a_bad_service_account() {
     let text = combined_output(&out);
     assert!(text.contains("would NOT log in"), "{text}");
     assert!(!text.contains("Wr0ng-pass"), "{text}");
+    // Would not log in: exit status 3, for scripts and CI.
+    assert_eq!(out.status.code(), Some(3), "{text}");
     // Without a password: the entry and labels, no bind.
     let binds = slapd.bind_count(MOZART_DN);
     let out = gate::cli(&["ldap-check", "--config", config, "bach"], &env, "", &root).await;
@@ -439,10 +441,19 @@ async fn ldap_check_cli_reports_and_fails_on_a_bad_service_account() {
     assert!(stdout.contains(&format!("bach is {BACH_DN}")), "{stdout}");
     assert!(stdout.contains("labels: none"), "{stdout}");
     assert!(stdout.contains("the bind was not tried"), "{stdout}");
+    assert!(out.status.success(), "{}", combined_output(&out));
     assert_eq!(slapd.bind_count(MOZART_DN), binds);
     let out = gate::cli(&["ldap-check", "--config", config, "kant"], &env, "", &root).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("kant cannot log in"), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "{}", combined_output(&out));
+    let out = gate::cli(&args, &env, "\n", &root).await;
+    assert!(
+        combined_output(&out).contains("empty password"),
+        "{}",
+        combined_output(&out)
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", combined_output(&out));
 
     // A wrong service account password: a clear error, a non-zero exit,
     // and the password is not printed.
@@ -477,6 +488,55 @@ async fn ldap_check_cli_reports_and_fails_on_a_bad_service_account() {
     let text = combined_output(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("no LDAP server reachable"), "{text}");
+}
+
+/// The environment is the last layer: `REGISTRY_GATE_LDAP__BIND_PASSWORD`
+/// replaces the file's `bind_password_file` (README: later layers override),
+/// rather than being refused as "both".
+#[tokio::test]
+async fn env_bind_password_overrides_the_files_password_file() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let config = example_config_path();
+    let config = config.to_str().expect("utf-8 path");
+    let url = slapd.url();
+    let root = repo_root();
+    // The example's file holds the right password: a wrong one from the
+    // environment must be the one tried.
+    let bad = "Not-the-service-password";
+    let env = [
+        ("REGISTRY_GATE_LDAP__URL", url.as_str()),
+        ("REGISTRY_GATE_LDAP__BIND_PASSWORD", bad),
+    ];
+    let out = gate::cli(&["ldap-check", "--config", config], &env, "", &root).await;
+    let text = combined_output(&out);
+    assert!(text.contains("invalid credentials"), "{text}");
+    assert!(!text.contains(bad), "{text}");
+    // A file with a wrong password, the right one from the environment.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("pw.txt"), "wrong\n").expect("write");
+    let path = dir.path().join("gate.toml");
+    let with_wrong_file = example_config().replace(
+        "config/ldap_password.txt",
+        &dir.path().join("pw.txt").display().to_string(),
+    );
+    assert_ne!(
+        with_wrong_file,
+        example_config(),
+        "the example names its password file"
+    );
+    std::fs::write(&path, with_wrong_file).expect("write config");
+    let env = [
+        ("REGISTRY_GATE_LDAP__URL", url.as_str()),
+        ("REGISTRY_GATE_LDAP__BIND_PASSWORD", PASSWORD),
+    ];
+    let path = path.to_str().expect("utf-8 path");
+    let out = gate::cli(&["ldap-check", "--config", path], &env, "", &root).await;
+    let text = combined_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("bound as service account {SERVICE_DN}")),
+        "{text}"
+    );
 }
 
 /// `REGISTRY_GATE_LDAP__BIND_PASSWORD` with passwords figment would read

@@ -397,7 +397,7 @@ async fn ldap_hung_server_times_out_as_unavailable() {
 async fn ldap_check_reports() {
     let slapd = Slapd::start(SlapdOptions::default()).await;
     let ldap = authenticator(&config(&slapd.url(), GROUP_SEARCH));
-    let report = ldap.check(None, None).await.unwrap();
+    let report = ldap.check(None, None).await.unwrap().text;
     assert!(
         report.contains("bound as service account uid=serviceaccount"),
         "{report}"
@@ -408,16 +408,18 @@ async fn ldap_check_reports() {
     let report = ldap
         .check(Some("mozart"), Some(&pw(PASSWORD)))
         .await
-        .unwrap();
+        .unwrap()
+        .text;
     assert!(report.contains(MOZART_DN), "{report}");
     assert!(report.contains("pushers"), "{report}");
     assert!(report.contains("password accepted"), "{report}");
     let report = ldap
         .check(Some("mozart"), Some(&pw("wrong")))
         .await
-        .unwrap();
+        .unwrap()
+        .text;
     assert!(report.contains("password rejected"), "{report}");
-    let report = ldap.check(Some("kant"), None).await.unwrap();
+    let report = ldap.check(Some("kant"), None).await.unwrap().text;
     assert!(report.contains("cannot log in"), "{report}");
     assert!(!report.contains(PASSWORD), "{report}");
 }
@@ -463,7 +465,8 @@ async fn ldap_identity_carries_the_canonical_account_name() {
     let report = ldap
         .check(Some("MOZART"), Some(&pw(PASSWORD)))
         .await
-        .unwrap();
+        .unwrap()
+        .text;
     assert!(
         report.contains("account name (from uid, used by ACL rules): mozart"),
         "{report}"
@@ -512,7 +515,8 @@ async fn ldap_entry_without_the_account_attribute_is_refused() {
         let report = ldap
             .check(Some("mozart"), Some(&pw(PASSWORD)))
             .await
-            .unwrap();
+            .unwrap()
+            .text;
         assert!(
             report.contains(&format!(
                 "account_attribute {attr}: the entry has no value of it: mozart cannot log in"
@@ -534,7 +538,7 @@ async fn ldap_entry_with_several_account_attribute_values_is_refused() {
     cfg.filter = "(&(dc=${account})(objectClass=dcObject))".into();
     let ldap = authenticator(&cfg);
     assert_eq!(ldap.lookup("example").await.unwrap(), None);
-    let report = ldap.check(Some("example"), None).await.unwrap();
+    let report = ldap.check(Some("example"), None).await.unwrap().text;
     assert!(
         report.contains("the entry has 3 values of it, not one"),
         "{report}"

@@ -9,6 +9,7 @@ mod catalog;
 mod clients;
 mod core;
 mod credentials;
+mod fidelity;
 mod hardening;
 mod ldap;
 mod ldap_backend;

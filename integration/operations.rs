@@ -425,3 +425,446 @@ fn dockerfile_copies_what_the_build_needs() {
         );
     }
 }
+
+/// A pseudo-terminal for one child: the child gets the slave side as its
+/// stdin, stdout, stderr and controlling terminal (so `/dev/tty` is it);
+/// the test holds the master side.
+struct Pty {
+    master: std::fs::File,
+}
+
+impl Pty {
+    fn spawn(mut cmd: std::process::Command) -> (Self, std::process::Child) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two new file descriptors into the out
+        // parameters; the null pointers ask for default settings.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let slave_fd = std::os::fd::AsRawFd::as_raw_fd(&slave);
+        cmd.stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave.try_clone().expect("dup"));
+        // SAFETY: only async-signal-safe calls between fork and exec: a new
+        // session, and the slave as its controlling terminal.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on the pty");
+        drop(slave);
+        (
+            Pty {
+                master: std::fs::File::from(master),
+            },
+            child,
+        )
+    }
+
+    /// Reads until `needle` has been seen (or the child closed the pty);
+    /// everything read is appended to `seen`.
+    fn read_until(&mut self, seen: &mut String, needle: &str) {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        while !seen.contains(needle) {
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    /// Reads until the child has closed the pty (exited).
+    fn read_to_end(&mut self, seen: &mut String) {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        // EIO once the last slave descriptor is closed.
+        while let Ok(n @ 1..) = self.master.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// Whether the terminal echoes what is typed (its termios, read through
+    /// the master side).
+    fn echoes(&self) -> bool {
+        // SAFETY: a zeroed termios is a valid out parameter for tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.master);
+        // SAFETY: fd is our open master descriptor.
+        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0, "tcgetattr");
+        t.c_lflag & libc::ECHO != 0
+    }
+
+    /// Waits until the child has turned echo off, then types `line`.
+    fn type_hidden(&mut self, line: &str) {
+        use std::io::Write;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.echoes() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "echo never turned off"
+            );
+            std::thread::yield_now();
+        }
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type");
+    }
+}
+
+/// `hash-password` at a terminal: a hidden prompt, asked twice; two
+/// different answers hash nothing.
+#[test]
+fn hash_password_at_a_terminal_asks_twice_without_echo() {
+    for (again, hashed) in [("s3cret pass", true), ("s3cret typo", false)] {
+        let mut cmd = std::process::Command::new(crate::harness::gate::BIN);
+        cmd.arg("hash-password");
+        crate::harness::scrub_env(&mut cmd);
+        let (mut pty, mut child) = Pty::spawn(cmd);
+        let mut seen = String::new();
+        pty.read_until(&mut seen, "Password: ");
+        pty.type_hidden("s3cret pass");
+        pty.read_until(&mut seen, "Password again: ");
+        pty.type_hidden(again);
+        pty.read_to_end(&mut seen);
+        let status = child.wait().expect("wait");
+        assert!(!seen.contains("s3cret"), "echoed: {seen:?}");
+        if hashed {
+            assert!(status.success(), "{seen:?}");
+            let hash = seen
+                .lines()
+                .map(str::trim)
+                .rfind(|l| l.starts_with("$2"))
+                .unwrap_or_else(|| panic!("{seen:?}"));
+            assert!(bcrypt::verify("s3cret pass", hash).expect("bcrypt hash"));
+        } else {
+            assert_eq!(status.code(), Some(2), "{seen:?}");
+            assert!(seen.contains("the passwords differ"), "{seen:?}");
+            assert!(!seen.contains("$2"), "{seen:?}");
+        }
+    }
+}
+
+/// A newcomer's gate says once, with the fix, what is not fit for use yet:
+/// an ephemeral signing key and the example configuration's passwords.
+/// (Both are logged before the gate listens: once it answers, they are in.)
+#[tokio::test]
+async fn newcomer_warnings_are_logged_once_with_the_fix() {
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let gate = Gate::start(&upstream, &[]).await;
+    let log = gate.log();
+    for (needle, fix) in [
+        (
+            "signing with an ephemeral key",
+            "registry-gate gen-key --out",
+        ),
+        (
+            "static user admin still has the example",
+            "registry-gate hash-password",
+        ),
+        (
+            "static user test still has the example",
+            "registry-gate hash-password",
+        ),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        assert_eq!(lines.len(), 1, "{needle}:\n{log}");
+        assert!(lines[0].contains(fix), "{}", lines[0]);
+        assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    }
+    assert!(!log.contains("badmin"), "a password in the log:\n{log}");
+
+    // New passwords: no such warning.
+    let hash = bcrypt::hash("a-new-password", 4).expect("hash");
+    let config = example_config()
+        .lines()
+        .map(|l| match l.trim_start().starts_with("password = \"$2") {
+            true => format!("password = \"{hash}\""),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gate = Gate::start_with_config(&config, &upstream, &[]).await;
+    assert!(
+        !gate.log().contains("example configuration's password"),
+        "{}",
+        gate.log()
+    );
+}
+
+/// `integration/down.sh --purge` removes what `up.sh` stored (registry
+/// storage, LDAP directory, configs, logs) and nothing else; without
+/// `--purge` the storage stays.
+#[tokio::test]
+async fn down_sh_purge_removes_the_dev_stacks_storage() {
+    let down = repo_root().join("integration/down.sh");
+    let run = |state: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&down).args(args).env("REGISTRY_GATE_STATE", state);
+        crate::harness::run_tool(cmd, None, Duration::from_secs(60))
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fill = |state: &std::path::Path| {
+        let blob = state.join("storage/docker/registry/v2/blobs/sha256/ab");
+        std::fs::create_dir_all(&blob).expect("mkdir");
+        std::fs::write(blob.join("data"), vec![7u8; 4096]).expect("blob");
+        std::fs::create_dir_all(state.join("slapd/db")).expect("mkdir");
+        std::fs::write(state.join("slapd/db/data.mdb"), "x").expect("db");
+        for f in ["registry.yml", "gate.log", "slapd.log", "registry.log"] {
+            std::fs::write(state.join(f), "x").expect(f);
+        }
+    };
+
+    let state = dir.path().join("state");
+    fill(&state);
+    std::fs::write(state.join("mine.txt"), "not up.sh's").expect("write");
+    let out = run(&state, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+    assert!(
+        state.join("storage/docker").is_dir(),
+        "kept without --purge"
+    );
+
+    let out = run(&state, &["--purge"]).await;
+    let text = crate::harness::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("purged"), "{text}");
+    for gone in [
+        "storage",
+        "slapd",
+        "registry.yml",
+        "gate.log",
+        "registry.log",
+    ] {
+        assert!(!state.join(gone).exists(), "{gone} left: {text}");
+    }
+    assert!(
+        state.join("mine.txt").is_file(),
+        "a file up.sh did not make"
+    );
+
+    // Only up.sh's files: the directory goes too.
+    let only = dir.path().join("only");
+    fill(&only);
+    let out = run(&only, &["--purge"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+    assert!(!only.exists());
+
+    let out = run(&only, &["--purg"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+}
+
+/// An image Docker Hub lists as official: `name[:tag]`, `library/name` or
+/// `docker.io/library/name` (no other namespace, no other registry).
+fn is_official_image(image: &str) -> bool {
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    let image = image.strip_prefix("library/").unwrap_or(image);
+    let image = image.split('@').next().unwrap_or("");
+    // A tag follows the last `:` after the last `/` (`host:port/x` has none).
+    let name = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    !name.is_empty() && !name.contains('/')
+}
+
+#[test]
+fn official_images_are_told_apart() {
+    for official in [
+        "registry:2",
+        "debian:bookworm-slim",
+        "library/debian:12",
+        "docker.io/library/rust:1-bookworm",
+        "postgres@sha256:0123",
+    ] {
+        assert!(is_official_image(official), "{official}");
+    }
+    for other in [
+        "bitnami/openldap:2.6",
+        "docker.io/bitnami/openldap",
+        "ghcr.io/x/y:1",
+        "quay.io/foo:1",
+        "localhost:5000/x",
+        "",
+    ] {
+        assert!(!is_official_image(other), "{other}");
+    }
+}
+
+/// Every image docker/compose.yaml runs is official, or built here from a
+/// Dockerfile of this repository whose base images are official (images
+/// outside the official namespace have vanished before: bitnami's, 2025).
+#[test]
+fn compose_runs_only_official_images_or_our_own_builds() {
+    let docs = yaml_documents("docker/compose.yaml");
+    let services = docs[0]["services"].as_mapping().expect("services");
+    for (name, service) in services {
+        let name = name.as_str().expect("service name");
+        if service["build"].is_mapping() {
+            let context = service["build"]["context"].as_str().expect("context");
+            let dockerfile = service["build"]["dockerfile"].as_str().expect("dockerfile");
+            let root = repo_root().join("docker").join(context);
+            assert_eq!(
+                root.canonicalize().expect("context"),
+                repo_root().canonicalize().expect("repo"),
+                "{name}: built from this repository"
+            );
+            let text = std::fs::read_to_string(root.join(dockerfile))
+                .unwrap_or_else(|e| panic!("{name}: {dockerfile}: {e}"));
+            let mut stages = Vec::new();
+            let mut bases = 0;
+            for line in text.lines().filter_map(|l| l.strip_prefix("FROM ")) {
+                bases += 1;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let base = words[0];
+                assert!(
+                    stages.contains(&base) || is_official_image(base),
+                    "{name}: {dockerfile} builds FROM {base}"
+                );
+                if let [_, as_, stage] = words[..]
+                    && as_.eq_ignore_ascii_case("as")
+                {
+                    stages.push(stage);
+                }
+            }
+            assert!(bases > 0, "{name}: no FROM in {dockerfile}");
+        } else {
+            let image = service["image"].as_str().expect("image or build");
+            assert!(is_official_image(image), "{name}: {image} is not official");
+        }
+    }
+}
+
+/// docker/openldap/Dockerfile's steps, run here as the image runs them:
+/// docker/openldap/setup.sh with the Dockerfile's arguments, then slapd as
+/// the openldap user with the Dockerfile's command (on a loopback port);
+/// the example configuration's service account and a musician with his
+/// group work against it.
+#[tokio::test]
+async fn openldap_image_steps_serve_the_example_directory() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/openldap/Dockerfile"))
+        .expect("docker/openldap/Dockerfile");
+    assert!(
+        dockerfile.contains("FROM debian:bookworm-slim"),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains("apt-get install -y --no-install-recommends slapd ldap-utils"),
+        "{dockerfile}"
+    );
+    // The setup step: COPY targets and RUN arguments, as written there.
+    let share = "/usr/local/share/registry-gate-ldap";
+    let var = "/var/lib/registry-gate-ldap";
+    assert!(
+        dockerfile.contains(&format!(
+            "COPY config/ldap/slapd.conf.template config/ldap/example.ldif {share}/"
+        )),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains(&format!(
+            "RUN registry-gate-ldap-setup {share} {var} \\\n        openldap \"$LDAP_ROOT_PASSWORD\""
+        )),
+        "{dockerfile}"
+    );
+    let cmd_line = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd_line).expect("CMD is a JSON array");
+    assert!(dockerfile.contains("USER openldap"), "{dockerfile}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path().join("share");
+    let target = dir.path().join("var");
+    std::fs::create_dir(&src).expect("mkdir");
+    for f in ["slapd.conf.template", "example.ldif"] {
+        std::fs::copy(repo_root().join("config/ldap").join(f), src.join(f)).expect("copy");
+    }
+    // The temp dir must be reachable by the openldap user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut setup = std::process::Command::new("sh");
+    setup
+        .arg(repo_root().join("docker/openldap/setup.sh"))
+        .arg(&src)
+        .arg(&target)
+        .args(["openldap", "change-me-admin"]);
+    let out = crate::harness::run_tool(setup, None, Duration::from_secs(60)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::harness::output_text(&out)
+    );
+
+    let port = free_port();
+    let url = format!("ldap://127.0.0.1:{port}/");
+    let args: Vec<String> = cmd
+        .iter()
+        .map(|a| {
+            if a.starts_with("ldap://") {
+                url.clone()
+            } else {
+                a.replace(var, &target.display().to_string())
+            }
+        })
+        .collect();
+    assert_eq!(args[0], "slapd");
+    let mut slapd = std::process::Command::new("setpriv");
+    slapd
+        .args(["--reuid=openldap", "--regid=openldap", "--init-groups"])
+        .args(&args);
+    let mut daemon = crate::harness::Daemon::spawn("slapd", slapd, &dir.path().join("slapd.log"));
+    // Ready once it accepts connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(daemon.exited().is_none(), "slapd exited: {}", daemon.log());
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let env = [("REGISTRY_GATE_LDAP__URL", url.as_str())];
+    let args = [
+        "ldap-check",
+        "--config",
+        "config/registry-gate.toml",
+        "mozart",
+        "--password-stdin",
+    ];
+    let out = crate::harness::gate::cli(&args, &env, "password\n", &repo_root()).await;
+    let text = crate::harness::output_text(&out);
+    assert!(out.status.success(), "{text}\n{}", daemon.log());
+    assert!(text.contains(r#"groups = ["pushers"]"#), "{text}");
+    assert!(text.contains("would log in as mozart"), "{text}");
+}

@@ -254,14 +254,14 @@ async fn login(b: &Browser, gate: &Gate, (user, pass): (&str, &str)) {
     b.goto(&format!("{}/ui/login", gate.url())).await;
     b.fill("#account-input", user).await;
     b.fill("#password", pass).await;
-    b.click("#login-submit").await;
+    b.click_to_page("#login-submit").await;
     b.wait_url("the repository list", |u| !u.contains("/ui/login"))
         .await;
     assert_eq!(b.text("#account").await, user, "signed in as {user}");
 }
 
 async fn logout(b: &Browser) {
-    b.click("#logout").await;
+    b.click_to_page("#logout").await;
     b.wait_url("the logged-out list", |u| u.ends_with("/ui/"))
         .await;
     assert!(b.exists("#login-link").await, "logged out: a login link");
@@ -345,7 +345,7 @@ async fn ui_login_visibility_inspection_and_logout() {
     b.goto(&format!("{}/ui/login", gate.url())).await;
     b.fill("#account-input", "admin").await;
     b.fill("#password", "wrong").await;
-    b.click("#login-submit").await;
+    b.click_to_page("#login-submit").await;
     b.wait_url("the login page", |u| u.ends_with("/ui/login"))
         .await;
     assert_eq!(b.text("#login-error").await, "Wrong user name or password.");
@@ -368,7 +368,7 @@ async fn ui_login_visibility_inspection_and_logout() {
     b.screenshot("repositories").await;
     // The search box narrows the list.
     b.fill("#q", "pub").await;
-    b.click("form.search button").await;
+    b.click_to_page("form.search button").await;
     b.wait_url("the search results", |u| u.contains("q=pub"))
         .await;
     let mut found = b.attrs("#repositories a[data-repo]", "data-repo").await;
@@ -469,7 +469,7 @@ async fn ui_login_visibility_inspection_and_logout() {
         assert!(size.ends_with("kB"), "an image size per platform: {size}");
     }
     b.screenshot("index").await;
-    b.click("#children tbody tr a").await;
+    b.click_to_page("#children tbody tr a").await;
     b.wait_url("the amd64 manifest", |u| u.contains("/-/manifest/sha256:"))
         .await;
     assert_eq!(
@@ -601,12 +601,12 @@ async fn ui_admin_deletes_tags_and_manifests() {
     // Delete a tag: confirmation, then gone upstream; the others stay.
     b.goto(&format!("{}/ui/r/team/app/-/tag/v1", gate.url()))
         .await;
-    b.click("#delete").await;
+    b.click_to_page("#delete").await;
     b.wait_url("the confirmation", |u| u.contains("/-/delete?reference=v1"))
         .await;
     assert!(b.text("h1").await.contains("v1"));
     b.screenshot("delete-confirm").await;
-    b.click("#confirm-delete").await;
+    b.click_to_page("#confirm-delete").await;
     b.wait_url("the result", |u| u.ends_with("/-/delete")).await;
     assert!(
         b.text("#message").await.contains("Tag v1 was deleted"),
@@ -632,7 +632,7 @@ async fn ui_admin_deletes_tags_and_manifests() {
         b.text("main").await.contains("current"),
         "the confirmation names the other tag"
     );
-    b.click("#confirm-delete").await;
+    b.click_to_page("#confirm-delete").await;
     b.wait_url("the result", |u| u.ends_with("/-/delete")).await;
     assert!(
         b.text("#message")
@@ -651,12 +651,12 @@ async fn ui_admin_deletes_tags_and_manifests() {
         shared.digest
     ))
     .await;
-    b.click("#delete").await;
+    b.click_to_page("#delete").await;
     b.wait_url("the confirmation", |u| {
         u.contains("/-/delete?reference=sha256:")
     })
     .await;
-    b.click("#confirm-delete").await;
+    b.click_to_page("#confirm-delete").await;
     b.wait_url("the result", |u| u.ends_with("/-/delete")).await;
     assert!(b.text("#message").await.contains("were deleted"));
     assert_eq!(upstream_tags(registry, "team/app").await, strings(&["v2"]));
@@ -669,7 +669,7 @@ async fn ui_admin_deletes_tags_and_manifests() {
     );
 
     // The activity page: the deletes (newest first) and who pushed what.
-    b.click("#nav-activity").await;
+    b.click_to_page("#nav-activity").await;
     b.wait_url("the activity page", |u| u.ends_with("/ui/activity"))
         .await;
     let rows = activity(&b).await;

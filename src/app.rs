@@ -195,8 +195,9 @@ fn load_key(config: &Config) -> Result<(SigningKey, String), BuildError> {
         None => {
             tracing::warn!(
                 "token.key is not set: signing with an ephemeral key; tokens die with this \
-                 process and other instances cannot verify them (make one with \
-                 `registry-gate gen-key --out FILE`)"
+                 process (docker logins too) and other instances cannot verify them. Fix: \
+                 `registry-gate gen-key --out config/token-key.pem`, then `key = \
+                 \"config/token-key.pem\"` in [token]"
             );
             let key = SigningKey::ephemeral().map_err(BuildError::Ephemeral)?;
             Ok((key, "ephemeral".into()))

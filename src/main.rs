@@ -1,5 +1,6 @@
 //! The `registry-gate` command: serve (the default), hash-password, gen-key,
-//! check-config. Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+//! check-config, ldap-check. Exit codes: 0 success, 1 runtime failure, 2 bad
+//! config or usage, 3 `ldap-check ACCOUNT`: that account would not log in.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -49,7 +50,8 @@ enum Command {
     CheckConfig,
     /// Check the [ldap] settings: bind with the service account, show what the
     /// search base and filter find and, with an ACCOUNT, whether it would log
-    /// in (asking for its password on stdin when --password-stdin is given).
+    /// in (asking for its password on stdin when --password-stdin is given;
+    /// exit status 3 when it would not).
     LdapCheck {
         account: Option<String>,
         /// Read the account's password from stdin and try a real login.
@@ -286,6 +288,14 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for account in registry_gate::authn::static_users::with_example_passwords(&app.config.users) {
+        tracing::warn!(
+            account,
+            "static user {account} still has the example configuration's password (README): \
+             anyone can log in as {account}. Fix: `registry-gate hash-password`, and put the \
+             hash in [users.{account}] password (or remove the user)"
+        );
+    }
     let listen = app.config.server.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -399,21 +409,26 @@ async fn shutdown_signal() {
 
 fn hash_password(cost: u32) -> ExitCode {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = String::new();
-    if let Err(e) = stdin.lock().read_line(&mut line) {
-        eprintln!("registry-gate: cannot read the password: {e}");
-        return ExitCode::from(1);
-    }
-    let password = line.trim_end_matches(['\r', '\n']);
+    let password = if stdin.is_terminal() {
+        // A person at a terminal: a hidden prompt, asked twice (a typo
+        // would otherwise lock the account out unnoticed).
+        match prompt_twice() {
+            Ok(p) => p,
+            Err(code) => return code,
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = stdin.lock().read_line(&mut line) {
+            eprintln!("registry-gate: cannot read the password: {e}");
+            return ExitCode::from(1);
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
     if password.is_empty() {
         eprintln!("registry-gate: empty password");
         return ExitCode::from(2);
     }
-    match bcrypt::hash(password, cost) {
+    match bcrypt::hash(&password, cost) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
@@ -423,6 +438,23 @@ fn hash_password(cost: u32) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The password from the terminal, typed twice without echo.
+fn prompt_twice() -> Result<String, ExitCode> {
+    let read = |prompt: &str| {
+        rpassword::prompt_password(prompt).map_err(|e| {
+            eprintln!("registry-gate: cannot read the password: {e}");
+            ExitCode::from(1)
+        })
+    };
+    let first = read("Password: ")?;
+    let again = read("Password again: ")?;
+    if first != again {
+        eprintln!("registry-gate: the passwords differ; nothing hashed");
+        return Err(ExitCode::from(2));
+    }
+    Ok(first)
 }
 
 fn gen_key(out: &std::path::Path) -> ExitCode {
@@ -516,8 +548,12 @@ fn ldap_check(
     let authenticator = registry_gate::authn::LdapAuthenticator::new(ldap);
     match runtime.block_on(authenticator.check(account.as_deref(), password.as_ref())) {
         Ok(report) => {
-            print!("{report}");
-            ExitCode::SUCCESS
+            print!("{}", report.text);
+            if report.refused {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("registry-gate: {e}");

@@ -91,6 +91,7 @@ mod tests {
             endpoint,
             name: None,
             scopes,
+            forward_query: None,
         }
     }
 

@@ -152,11 +152,7 @@ impl Upstream {
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
         let (parts, incoming) = req.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = authorized_target(permit, &parts.uri)?;
         let incoming = Stall::new(incoming, self.body_stall_timeout);
         let manifest_put =
             permit.required().endpoint == Endpoint::Manifest && parts.method == Method::PUT;
@@ -223,11 +219,7 @@ impl Upstream {
         origin: &Origin,
     ) -> Result<Response<Body>, UpstreamError> {
         debug_assert_eq!(permit.required().endpoint, Endpoint::Manifest);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = authorized_target(permit, &parts.uri)?;
         let mut out = Request::new(body::full(manifest));
         *out.method_mut() = parts.method;
         *out.headers_mut() = parts.headers;
@@ -372,6 +364,27 @@ impl Upstream {
                 headers.append(&name, rewritten);
             }
         }
+    }
+}
+
+/// The target the registry gets: the request's, or, when the classifier
+/// dropped parameters (an upload start's unusable `mount`/`from`), the path
+/// with the query it authorized.
+fn authorized_target(permit: &Permit, uri: &http::Uri) -> Result<PathAndQuery, UpstreamError> {
+    match &permit.required().forward_query {
+        Some(query) => {
+            let path = uri.path();
+            let target = if query.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{query}")
+            };
+            parse_target(&target)
+        }
+        None => Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))),
     }
 }
 

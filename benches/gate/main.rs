@@ -56,7 +56,9 @@ usage: cargo bench --bench gate -- [options]
   --server-cpu N        CPU for the servers (default 0)
   --client-cpu N        CPU for the load generator (default 1)
   --gate-wrapper CMD    run every gate under CMD (split on spaces), e.g.
-                        'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p'";
+                        'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p';
+                        CMD must exec the gate or pass SIGTERM on to it: the
+                        bench stops each gate by signalling CMD's PID";
 
 const SCENARIOS: &[&str] = &["small", "distinct", "get", "put", "patch", "tls", "tokens"];
 const SMALL_REPO: &str = "bench/small";
@@ -170,6 +172,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(wrapper) = opts.gate_wrapper.first() {
+        // The bench signals the PID it started: the wrapper's. One that
+        // neither execs the gate nor forwards signals (`sh -c`, `sudo`,
+        // `strace` without -f...) leaves gates running after the bench.
+        eprintln!(
+            "gate bench: WARNING: --gate-wrapper {wrapper}: the bench stops each gate with \
+             SIGTERM (then SIGKILL) to the wrapper's PID; the wrapper must exec the gate or \
+             pass signals on to it (valgrind does), or the gates outlive the bench"
+        );
+    }
     // Pin the load generator before its runtime starts threads.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = procs::have("taskset")

@@ -156,17 +156,54 @@ impl Browser {
             .is_empty()
     }
 
+    /// The first element matching `css`, waiting up to 15 s for it to
+    /// appear (a page still loading, or a script still filling it in).
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| {
                 panic!("no element {css}: {e}");
             })
     }
 
+    /// Clicks what does not load another page (a button that opens a
+    /// dialog, a script's control). For links and form buttons use
+    /// [`Self::click_to_page`].
     pub async fn click(&self, css: &str) {
         self.find(css).await.click().await.expect("click");
+    }
+
+    /// Clicks a link or a form's submit button and waits for what that
+    /// produces: a new document, loaded. The URL alone does not tell: a
+    /// form that answers on its own URL (a failed login) leaves it as it
+    /// was, and would be "there" before the POST's answer arrived.
+    pub async fn click_to_page(&self, css: &str) {
+        // A mark on the current document: gone once another replaced it.
+        self.js("window.__itOldPage = true;", vec![]).await;
+        self.click(css).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // Scripts may fail while the navigation is in flight: not yet.
+            let loaded = self
+                .client
+                .execute(
+                    "return window.__itOldPage !== true && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            if matches!(loaded, Ok(Value::Bool(true))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new page after clicking {css} (still at {})",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
@@ -175,7 +212,9 @@ impl Browser {
         el.send_keys(value).await.expect("send_keys");
     }
 
-    /// Waits until the page's URL satisfies `f` (after a click that navigates).
+    /// Waits until the page's URL satisfies `f` (after a redirect that a
+    /// script or the server makes; after a click, [`Self::click_to_page`]
+    /// first).
     pub async fn wait_url(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

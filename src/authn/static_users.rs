@@ -12,6 +12,25 @@ use crate::secret::Secret;
 /// unknown and known accounts take the same time (no account enumeration).
 const DUMMY_HASH: &str = "$2y$10$j/zV1NrXiP0d/NjCSbO6z.LPudtqAOQXDkZHPGBHcMWFMAGU74Wka";
 
+/// The accounts and passwords of the example configuration
+/// (config/registry-gate.toml, printed in the README).
+const EXAMPLE_LOGINS: &[(&str, &str)] = &[("admin", "badmin"), ("test", "123")];
+
+/// The static accounts that still have the example configuration's
+/// password: anyone who read the README can log in as them. Checks at most
+/// one bcrypt hash per example account (tens of milliseconds each).
+pub fn with_example_passwords(users: &BTreeMap<String, StaticUser>) -> Vec<&'static str> {
+    EXAMPLE_LOGINS
+        .iter()
+        .filter(|(account, password)| {
+            users.get(*account).is_some_and(|u| {
+                bcrypt::verify(password, u.password_hash.expose()).unwrap_or(false)
+            })
+        })
+        .map(|(account, _)| *account)
+        .collect()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StaticUsers {
     users: Arc<BTreeMap<String, StaticUser>>,
@@ -103,6 +122,33 @@ mod tests {
                 .await
                 .unwrap();
             assert!(got.is_none(), "{account}/{password}");
+        }
+    }
+
+    #[test]
+    fn example_passwords_are_found() {
+        let user = |password: &str| StaticUser {
+            password_hash: Secret::new(bcrypt::hash(password, 4).unwrap()),
+            labels: Default::default(),
+        };
+        // (accounts and their passwords, the accounts reported)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                vec![("admin", "badmin"), ("test", "123")],
+                vec!["admin", "test"],
+            ),
+            (vec![("admin", "badmin"), ("test", "other")], vec!["admin"]),
+            (vec![("admin", "changed"), ("alice", "badmin")], vec![]),
+            (vec![("test", "123")], vec!["test"]),
+            (vec![], vec![]),
+        ];
+        for (accounts, want) in cases {
+            let users = accounts
+                .iter()
+                .map(|(a, p)| ((*a).to_owned(), user(p)))
+                .collect();
+            assert_eq!(with_example_passwords(&users), want, "{accounts:?}");
         }
     }
 }

@@ -105,8 +105,33 @@ pub fn load_raw(path: &Path, explicit: bool) -> Result<RawConfig, ConfigErrors> 
     for (key, value) in env.iter().filter(|(key, _)| verbatim(key.as_str())) {
         figment = figment.merge(Serialized::default(key.as_str(), value));
     }
+    // A secret given one way in a later layer replaces the other way in an
+    // earlier one (the file's `bind_password_file` gives way to
+    // REGISTRY_GATE_LDAP__BIND_PASSWORD); both in the same layer stays an error.
+    let layers = [
+        Figment::from(Toml::file(path)),
+        Figment::from(Toml::file(local_path(path))),
+        Figment::from(env),
+    ];
+    for (a, b) in SECRET_ALTERNATIVES {
+        let mut last = (false, false);
+        for layer in &layers {
+            let set = (layer.contains(a), layer.contains(b));
+            if set != (false, false) {
+                last = set;
+            }
+        }
+        match last {
+            (true, false) => figment = figment.merge(Serialized::default(b, None::<String>)),
+            (false, true) => figment = figment.merge(Serialized::default(a, None::<String>)),
+            _ => {}
+        }
+    }
     figment.extract::<RawConfig>().map_err(figment_errors)
 }
+
+/// Keys that give the same secret two ways (inline, or a file holding it).
+const SECRET_ALTERNATIVES: &[(&str, &str)] = &[("ldap.bind_password", "ldap.bind_password_file")];
 
 /// Environment overrides taken exactly as written. figment reads other
 /// values TOML-like (`0123` becomes the number 123, `"x"` becomes x), which

@@ -255,3 +255,65 @@ fn the_reference_documents_every_key_and_default() {
         }
     }
 }
+
+/// Later layers override earlier ones for a secret too, whichever way each
+/// gives it (inline or as a file); one layer giving both stays an error.
+/// (The environment layer: `integration/ldap.rs`, which runs the binary, as
+/// a unit test must not set process-wide variables.)
+#[test]
+fn a_later_layer_replaces_a_secret_given_the_other_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = write(&dir, "pw.txt", "from-the-file\n");
+    let ldap = |secret: &str| {
+        format!(
+            "[ldap]\nurl = \"ldap://127.0.0.1:1\"\nbase = \"dc=x\"\nbind_dn = \"cn=svc\"\n{secret}\n"
+        )
+    };
+    let file_line = format!("bind_password_file = {:?}", pw_file.display().to_string());
+    // (main file, local file, the password, or the key of the error)
+    let cases: Vec<(String, Option<String>, Result<&str, &str>)> = vec![
+        (
+            ldap(&file_line),
+            Some("[ldap]\nbind_password = \"local\"\n".into()),
+            Ok("local"),
+        ),
+        (
+            ldap("bind_password = \"inline\""),
+            Some(format!("[ldap]\n{file_line}\n")),
+            Ok("from-the-file"),
+        ),
+        (ldap(&file_line), None, Ok("from-the-file")),
+        (ldap("bind_password = \"inline\""), None, Ok("inline")),
+        (
+            ldap(&format!("{file_line}\nbind_password = \"inline\"")),
+            None,
+            Err("ldap.bind_password"),
+        ),
+        (
+            ldap(&file_line),
+            Some(format!("[ldap]\n{file_line}\nbind_password = \"local\"\n")),
+            Err("ldap.bind_password"),
+        ),
+    ];
+    for (i, (main, local, want)) in cases.into_iter().enumerate() {
+        let sub = dir.path().join(format!("case{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("gate.toml");
+        std::fs::write(&path, &main).unwrap();
+        if let Some(local) = &local {
+            std::fs::write(sub.join("gate.local.toml"), local).unwrap();
+        }
+        let got = load(&path, true)
+            .map(|c| {
+                let ldap = c.ldap.expect("[ldap]");
+                let (_, pw) = ldap.service_account.expect("service account");
+                pw.expose().to_owned()
+            })
+            .map_err(|e| e.0[0].key.clone());
+        assert_eq!(
+            got.as_deref().map_err(String::as_str),
+            want,
+            "case {i}: {main} / {local:?}"
+        );
+    }
+}

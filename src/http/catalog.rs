@@ -20,6 +20,10 @@ use crate::upstream::Origin;
 
 /// distribution's default page size.
 const DEFAULT_PAGE: usize = 100;
+/// distribution's largest page (`catalog.maxentries`, default 1000): a
+/// larger `n` is 400 `PAGINATION_NUMBER_INVALID` there and here, and the
+/// gate never asks the upstream for more.
+pub const MAX_PAGE: usize = 1000;
 /// Upstream pages fetched for one client page at most: a user who may see
 /// few of many repositories gets short pages rather than a slow answer.
 const MAX_UPSTREAM_PAGES: usize = 50;
@@ -39,7 +43,12 @@ pub async fn serve(
     origin: &Origin,
     conn: Conn,
 ) -> Result<Response<Body>, ApiError> {
-    let (want, mut cursor) = params(query);
+    let (want, mut cursor) = params(query)?;
+    if want == 0 {
+        // distribution answers `n=0` with an empty page.
+        let body = serde_json::json!({ "repositories": [] }).to_string();
+        return Ok(json_response(StatusCode::OK, body));
+    }
     let claims = permit.claims();
     let subject = Subject {
         account: &claims.sub,
@@ -50,8 +59,13 @@ pub async fn serve(
     let mut visible = Vec::new();
     let mut more = false;
     for _ in 0..MAX_UPSTREAM_PAGES {
-        let (names, upstream_more) =
-            fetch(app, want.max(DEFAULT_PAGE), cursor.as_deref(), origin).await?;
+        let (names, upstream_more) = fetch(
+            app,
+            want.clamp(DEFAULT_PAGE, MAX_PAGE),
+            cursor.as_deref(),
+            origin,
+        )
+        .await?;
         let mut consumed_all = true;
         for name in &names {
             if visible.len() == want {
@@ -83,18 +97,31 @@ pub async fn serve(
     Ok(resp)
 }
 
-/// `n` and `last` from the client's query (already validated by `access`).
-fn params(query: Option<&str>) -> (usize, Option<String>) {
-    let mut n = DEFAULT_PAGE;
+/// `n` and `last` from the client's query, read as distribution reads them
+/// (Go's `Query().Get`: the first value counts): an `n` that is not a
+/// non-negative integer means the default page; above [`MAX_PAGE`] it is
+/// refused.
+fn params(query: Option<&str>) -> Result<(usize, Option<String>), ApiError> {
+    let mut n = None;
     let mut last = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
-            "n" => n = v.parse().unwrap_or(DEFAULT_PAGE).clamp(1, 10_000),
-            "last" => last = Some(v.into_owned()),
+            "n" if n.is_none() => n = Some(v.into_owned()),
+            "last" if last.is_none() => last = Some(v.into_owned()),
             _ => {}
         }
     }
-    (n, last)
+    let want = match n.as_deref().map(str::parse::<i64>) {
+        Some(Ok(n)) if n > MAX_PAGE as i64 => {
+            return Err(ApiError::detail(
+                ErrorCode::PaginationNumberInvalid,
+                format!("n may be at most {MAX_PAGE}"),
+            ));
+        }
+        Some(Ok(n)) if n >= 0 => n as usize,
+        _ => DEFAULT_PAGE,
+    };
+    Ok((want, last.filter(|l| !l.is_empty())))
 }
 
 /// One upstream page and whether the upstream says there is more.
@@ -127,4 +154,45 @@ async fn fetch(
         ApiError::new(ErrorCode::UpstreamError)
     })?;
     Ok((page.repositories, more))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` and `last` as distribution reads them.
+    #[test]
+    fn page_parameters() {
+        // (query, Some((n, last)) or None: refused)
+        type Case<'a> = (&'a str, Option<(usize, Option<&'a str>)>);
+        let cases: &[Case] = &[
+            ("", Some((100, None))),
+            ("n=5", Some((5, None))),
+            ("n=0", Some((0, None))),
+            ("n=1000", Some((1000, None))),
+            ("n=1001", None),
+            ("n=99999999999999999999", Some((100, None))),
+            ("n=-1", Some((100, None))),
+            ("n=abc", Some((100, None))),
+            ("n=", Some((100, None))),
+            ("n=2&n=5000", Some((2, None))),
+            ("last=a/b&last=c", Some((100, Some("a/b")))),
+            ("last=", Some((100, None))),
+            ("last=A&n=3", Some((3, Some("A")))),
+        ];
+        for (query, want) in cases {
+            let got = params(Some(query));
+            match want {
+                Some((n, last)) => {
+                    let (gn, glast) = got.unwrap_or_else(|e| panic!("{query}: {e:?}"));
+                    assert_eq!((gn, glast.as_deref()), (*n, *last), "{query}");
+                }
+                None => assert_eq!(
+                    got.map_err(|e| e.code),
+                    Err(ErrorCode::PaginationNumberInvalid),
+                    "{query}"
+                ),
+            }
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Registry requests (`/v2/...`):
 //! classify -> verify the Bearer token -> check -> Permit -> tag rules -> forward.
-//! Anything that does not classify is refused here and never forwarded.
+//! Anything that does not classify is refused here and never forwarded; a
+//! request classified but not forwardable ([`ClassifyError::AfterPermit`])
+//! is answered here, after the permit, with what the registry would say.
 
 use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
@@ -10,7 +12,7 @@ use super::challenge::{Challenge, ChallengeError};
 use super::errors::{ApiError, ErrorCode};
 use super::tagrules::Cleared;
 use super::{Conn, Kind, Routed, catalog, external_base};
-use crate::access::{self, ClassifyError, Endpoint};
+use crate::access::{self, Answer, ClassifyError, Endpoint};
 use crate::app::App;
 use crate::audit::Event;
 use crate::permit::Permit;
@@ -19,8 +21,12 @@ use crate::upstream::{Origin, UpstreamError};
 
 pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, ApiError> {
     let base = external_base(app, &req, conn)?;
-    let required =
-        access::classify(req.method(), req.uri().path(), req.uri().query()).map_err(refusal)?;
+    let (required, answer) =
+        match access::classify(req.method(), req.uri().path(), req.uri().query()) {
+            Ok(required) => (required, None),
+            Err(ClassifyError::AfterPermit { access, answer }) => (*access, Some(answer)),
+            Err(e) => return Err(refusal(e)),
+        };
     // distribution reads `mount`/`from` with Go's FormValue, which also reads
     // form bodies: a form body could carry parameters `classify` never saw.
     // No registry client sends one, so refuse them.
@@ -73,6 +79,16 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         );
         challenge(&required.scopes, Some(ChallengeError::InsufficientScope)).for_account(who)
     })?;
+    if let Some(answer) = answer {
+        // Never forwarded: the registry's router would answer it without
+        // looking anything up, and so does the gate.
+        let code = match answer {
+            Answer::ManifestUnknown => ErrorCode::ManifestUnknown,
+            Answer::BlobUnknown => ErrorCode::BlobUnknown,
+            Answer::DigestInvalid => ErrorCode::DigestInvalid,
+        };
+        return Err(ApiError::detail(code, answer.to_string()).for_account(permit.account()));
+    }
     let origin = Origin {
         client_ip: conn.peer.ip(),
         external_base: base,
@@ -88,7 +104,12 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         .await?;
         return Ok((with_kind(resp, Endpoint::Catalog), account));
     }
-    let write = write_action(&permit, req.method(), req.uri().query());
+    let query = permit
+        .required()
+        .forward_query
+        .as_deref()
+        .or(req.uri().query());
+    let write = write_action(&permit, req.method(), query);
     // Only writes are audited: no reference to copy out for reads.
     let reference = write.and_then(|_| reference(req.uri().path()));
     // Tag rules: the ACL with the tag known, and immutable tags. What they
@@ -182,15 +203,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Maps a classification failure to the registry error the client sees.
+/// Maps a classification failure to the registry error the client sees:
+/// the status distribution gives for the same request (a path its router
+/// does not match is 404, an invalid repository name included).
 fn refusal(e: ClassifyError) -> ApiError {
     let code = match e {
         ClassifyError::UnknownRoute => ErrorCode::NotFound,
         ClassifyError::MethodNotAllowed => ErrorCode::Unsupported,
-        ClassifyError::NameInvalid => ErrorCode::NameInvalid,
-        ClassifyError::ReferenceInvalid => ErrorCode::TagInvalid,
+        ClassifyError::NameInvalid => ErrorCode::NameUnknown,
         ClassifyError::DigestInvalid => ErrorCode::DigestInvalid,
-        _ => ErrorCode::BadRequest,
+        ClassifyError::QueryInvalid(_) => ErrorCode::BadRequest,
+        // Answered after the permit by `handle`, never here; were it to
+        // arrive, a refusal is still the safe answer.
+        ClassifyError::AfterPermit { .. } => ErrorCode::BadRequest,
     };
     ApiError::detail(code, e.to_string())
 }

@@ -589,13 +589,21 @@ impl LdapAuthenticator {
 
     /// A human-readable report for `ldap-check [ACCOUNT]`: connection and
     /// service account, what the base and filter find, and for an account
-    /// whether it would log in and with which labels.
+    /// whether it would log in and with which labels. `Err`: the directory
+    /// could not be asked.
     pub async fn check(
         &self,
         account: Option<&str>,
         password: Option<&Secret>,
-    ) -> Result<String, AuthnError> {
+    ) -> Result<CheckReport, AuthnError> {
         let mut out = String::new();
+        // What ends the report early says the account would not log in.
+        let refused = |text: String| {
+            Ok(CheckReport {
+                text,
+                refused: true,
+            })
+        };
         let cfg = &self.cfg;
         let (conn, _) = self.service_conn().await?;
         let tls = if conn.url.to_ascii_lowercase().starts_with("ldaps://") {
@@ -640,14 +648,17 @@ impl LdapAuthenticator {
             if entries.len() > CHECK_LIST_LIMIT {
                 let _ = writeln!(out, "  ... and {} more", entries.len() - CHECK_LIST_LIMIT);
             }
-            return Ok(out);
+            return Ok(CheckReport {
+                text: out,
+                refused: false,
+            });
         };
         if !acceptable_account(account) {
             let _ = writeln!(
                 out,
                 "account {account:?} is refused before LDAP is asked (empty, over {MAX_ACCOUNT_LEN} bytes or control characters)"
             );
-            return Ok(out);
+            return refused(out);
         }
         let filter = fill_filter(&cfg.filter, account, None);
         let entry = match self.find(account).await? {
@@ -657,7 +668,7 @@ impl LdapAuthenticator {
                     "no entry under {} matches {filter}: {account} cannot log in",
                     cfg.base
                 );
-                return Ok(out);
+                return refused(out);
             }
             Found::Many(dns) => {
                 let _ = writeln!(
@@ -673,7 +684,7 @@ impl LdapAuthenticator {
                     out,
                     "ambiguous: {account} cannot log in (exactly one entry must match)"
                 );
-                return Ok(out);
+                return refused(out);
             }
             Found::One(e) => e,
         };
@@ -686,7 +697,7 @@ impl LdapAuthenticator {
                     out,
                     "account_attribute {attr}: {why}: {account} cannot log in"
                 );
-                return Ok(out);
+                return refused(out);
             }
         };
         let _ = writeln!(
@@ -702,23 +713,41 @@ impl LdapAuthenticator {
                 let _ = writeln!(out, "  {k} = {v:?}");
             }
         }
-        match password {
+        let accepted = match password {
             None => {
                 let _ = writeln!(out, "no password given: the bind was not tried");
+                true
             }
             Some(p) if p.is_empty() => {
                 let _ = writeln!(out, "empty password: refused without asking LDAP");
+                false
             }
             Some(p) => {
-                if self.user_bind(&entry.dn, p).await? {
+                let ok = self.user_bind(&entry.dn, p).await?;
+                if ok {
                     let _ = writeln!(out, "password accepted: would log in as {canonical}");
                 } else {
                     let _ = writeln!(out, "password rejected: {account} would NOT log in");
                 }
+                ok
             }
-        }
-        Ok(out)
+        };
+        Ok(CheckReport {
+            text: out,
+            refused: !accepted,
+        })
     }
+}
+
+/// What `ldap-check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The report, one finding a line.
+    pub text: String,
+    /// The account asked about would not log in: no entry or several, an
+    /// unusable name, or the password (when given) refused. False without
+    /// an account, and for an entry found when no password was given.
+    pub refused: bool,
 }
 
 #[cfg(test)]
