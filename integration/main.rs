@@ -10,6 +10,7 @@ mod clients;
 mod core;
 mod credentials;
 mod fidelity;
+mod fleet;
 mod hardening;
 mod ldap;
 mod ldap_backend;

@@ -166,12 +166,12 @@ impl App {
             key_id: key.kid.clone(),
             key,
             readiness: ReadinessCache::default(),
-            audit: Audit::open_with(&config.raw.audit.output, carried.recent_writes).map_err(
-                |source| BuildError::Audit {
+            audit: Audit::open_with(&config.raw.audit.output, carried.recent_writes)
+                .map_err(|source| BuildError::Audit {
                     path: config.raw.audit.output.clone(),
                     source,
-                },
-            )?,
+                })?
+                .with_store(store.clone()),
             store,
             config,
         })

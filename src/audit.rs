@@ -20,6 +20,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::store::Store;
+use crate::store::activity::ActivityRow;
+
 /// Where events go: `output = "stdout"` (the default: logs go to stderr, so
 /// stdout carries only audit lines), `"off"`, or a file path (appended to).
 pub enum Sink {
@@ -132,6 +135,38 @@ pub enum Event {
     },
 }
 
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What identifies a write in the store and in memory alike (times in ms).
+fn write_key(w: &RecentWrite) -> (i64, String, &'static str, String, Option<String>, u16) {
+    (
+        millis(w.at),
+        w.account.clone(),
+        w.action,
+        w.repository.clone(),
+        w.reference.clone(),
+        w.status,
+    )
+}
+
+/// A stored write as the page shows it; rows with names this version does
+/// not know are left out.
+fn from_row(r: ActivityRow) -> Option<RecentWrite> {
+    Some(RecentWrite {
+        at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms.max(0) as u64),
+        account: r.account,
+        action: ACTIONS.iter().find(|a| **a == r.action)?,
+        repository: r.repository,
+        reference: r.reference,
+        digest: r.digest,
+        status: u16::try_from(r.status).ok()?,
+        outcome: OUTCOMES.iter().find(|o| **o == r.outcome)?,
+    })
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     ts: String,
@@ -183,13 +218,31 @@ impl RecentWrites {
 pub struct Audit {
     sink: Sink,
     recent: Arc<RecentWrites>,
+    /// Where upstream writes are also kept for the activity page, shared by
+    /// every instance and kept across restarts (`[store]`).
+    store: Option<Arc<Store>>,
 }
+
+/// The action and outcome names an upstream write may have, so that rows
+/// read back from the store map to the same `&'static str`s.
+const ACTIONS: &[&str] = &[
+    "push_manifest",
+    "push_blob",
+    "mount_blob",
+    "delete_manifest",
+    "delete_blob",
+];
+const OUTCOMES: &[&str] = &["ok", "failed"];
+
+/// The most writes the activity page reads from the store.
+pub const STORED_WRITES: i64 = 10_000;
 
 impl Audit {
     pub fn new(sink: Sink) -> Self {
         Audit {
             sink,
             recent: Arc::default(),
+            store: None,
         }
     }
 
@@ -219,7 +272,11 @@ impl Audit {
                     .open(Path::new(path))?,
             )),
         };
-        Ok(Audit { sink, recent })
+        Ok(Audit {
+            sink,
+            recent,
+            store: None,
+        })
     }
 
     /// The kept upstream writes, to hand to the next `Audit` on a reload.
@@ -230,6 +287,48 @@ impl Audit {
     /// The last [`RECENT_WRITES`] upstream writes, newest first.
     pub fn recent_writes(&self) -> Vec<RecentWrite> {
         self.recent.newest_first()
+    }
+
+    /// Keeps upstream writes in `store` too (the activity page's history).
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Upstream writes for the activity page, newest first: from the store
+    /// (every instance's, the last `retention`), or, when it cannot answer,
+    /// this process's own recent ones. The `bool` says which.
+    pub async fn activity(&self, retention: std::time::Duration) -> (Vec<RecentWrite>, bool) {
+        let Some(store) = &self.store else {
+            return (self.recent_writes(), false);
+        };
+        let now_ms = millis(SystemTime::now());
+        let since = now_ms.saturating_sub(retention.as_millis() as i64);
+        match store.recent_activity(since, STORED_WRITES).await {
+            Ok(rows) => {
+                // This instance's own writes come from memory (at once, even
+                // those whose row is still on its way to the store, and in
+                // their exact order); the other instances' from the store.
+                let mut all: Vec<RecentWrite> = self
+                    .recent_writes()
+                    .into_iter()
+                    .filter(|w| millis(w.at) >= since)
+                    .collect();
+                let mine: std::collections::HashSet<_> = all.iter().map(write_key).collect();
+                all.extend(
+                    rows.into_iter()
+                        .filter_map(from_row)
+                        .filter(|w| !mine.contains(&write_key(w))),
+                );
+                // Stable: writes of the same millisecond keep memory's order.
+                all.sort_by_key(|w| std::cmp::Reverse(millis(w.at)));
+                (all, true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "activity: store unavailable, showing this instance's recent writes");
+                (self.recent_writes(), false)
+            }
+        }
     }
 
     /// Writes one event as one line. A write failure is logged, never fatal:
@@ -257,6 +356,26 @@ impl Audit {
                 status: *status,
                 outcome,
             });
+            // Off the request's path: a registry request never waits on
+            // the database.
+            if let (Some(store), Ok(rt)) = (&self.store, tokio::runtime::Handle::try_current()) {
+                let store = store.clone();
+                let row = ActivityRow {
+                    at_ms: millis(now),
+                    account: account.clone(),
+                    action: (*action).to_owned(),
+                    repository: repository.clone(),
+                    reference: reference.clone(),
+                    digest: digest.clone(),
+                    status: i32::from(*status),
+                    outcome: (*outcome).to_owned(),
+                };
+                rt.spawn(async move {
+                    if let Err(e) = store.record_activity(&row).await {
+                        tracing::warn!(error = %e, "activity: could not keep a write in the store");
+                    }
+                });
+            }
         }
         if matches!(self.sink, Sink::Off) {
             return;

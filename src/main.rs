@@ -335,6 +335,7 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         }
     });
     let live = Arc::new(Live::new(app, path, explicit));
+    tokio::spawn(prune_store(live.clone()));
     if let Some(addr) = &live.current().config.raw.metrics.listen {
         match tokio::net::TcpListener::bind(addr.as_str()).await {
             Ok(l) => {
@@ -350,6 +351,26 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     tokio::spawn(reload_on_sighup(live.clone()));
     server::serve(listener, live, tls, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// Once an hour, drops activity older than `[store] activity_retention` and
+/// ended UI sessions past their expiry. Every instance may do it: deleting
+/// what another already deleted is harmless.
+async fn prune_store(live: Arc<Live>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let app = live.current();
+        let retention = app.config.raw.store.activity_retention;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before_ms = now.saturating_sub(retention).as_millis() as i64;
+        match app.store.prune(before_ms, now.as_secs() as i64).await {
+            Ok(n) => tracing::debug!(rows = n, "store pruned"),
+            Err(e) => tracing::warn!(error = %e, "store: pruning old activity failed"),
+        }
+    }
 }
 
 /// SIGHUP re-reads the configuration; a bad one is refused and logged, and

@@ -585,11 +585,15 @@ mod tests {
         app: Arc<App>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         done: tokio::task::JoinHandle<()>,
+        /// The test's own store (never the default `data/` of the checkout).
+        _store: tempfile::TempDir,
     }
 
     async fn start(upstream: &str, edit: impl FnOnce(&mut RawConfig)) -> Running {
         let mut raw = RawConfig::default();
         raw.upstream.url = upstream.to_owned();
+        let store = tempfile::tempdir().unwrap();
+        raw.store.url = crate::store::StoreUrl(format!("sqlite://{}/s.db", store.path().display()));
         raw.limits.header_read_timeout = Duration::from_millis(300);
         raw.limits.idle_timeout = Duration::from_secs(5);
         // Audit lines written straight to stdout would bypass test capture.
@@ -608,6 +612,7 @@ mod tests {
             app,
             stop: Some(tx),
             done,
+            _store: store,
         }
     }
 

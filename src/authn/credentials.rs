@@ -57,6 +57,8 @@ pub struct CredentialLogins {
     touched: moka::sync::Cache<String, ()>,
     /// Account → when it last logged out everywhere.
     logouts: Cache<String, Option<i64>>,
+    /// UI session `jti` → ended by a logout on some instance.
+    ended_sessions: Cache<String, bool>,
 }
 
 impl std::fmt::Debug for CredentialLogins {
@@ -81,6 +83,10 @@ impl CredentialLogins {
                 .max_capacity(100_000)
                 .build(),
             logouts: Cache::builder()
+                .time_to_live(cache_ttl)
+                .max_capacity(100_000)
+                .build(),
+            ended_sessions: Cache::builder()
                 .time_to_live(cache_ttl)
                 .max_capacity(100_000)
                 .build(),
@@ -187,6 +193,20 @@ impl CredentialLogins {
             .try_get_with(account.to_owned(), async move {
                 store.logged_out_at(&owned).await
             })
+            .await
+            .map_err(|e: Arc<StoreError>| store_error(&e))
+    }
+
+    /// Whether UI session `jti` was ended by a logout on any instance
+    /// (cached like credentials).
+    pub async fn session_ended(&self, jti: &str) -> Result<bool, AuthnError> {
+        let store = self.store.clone();
+        let owned = jti.to_owned();
+        self.ended_sessions
+            .try_get_with(
+                jti.to_owned(),
+                async move { store.session_ended(&owned).await },
+            )
             .await
             .map_err(|e: Arc<StoreError>| store_error(&e))
     }

@@ -19,6 +19,13 @@ pub struct RawStore {
     /// The PostgreSQL password, read from this file (`\r\n` trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// How long the activity page's write history is kept.
+    #[serde(default = "default_activity_retention", with = "humantime_serde")]
+    pub activity_retention: std::time::Duration,
+}
+
+fn default_activity_retention() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 24 * 3600)
 }
 
 impl Default for RawStore {
@@ -26,6 +33,7 @@ impl Default for RawStore {
         RawStore {
             url: StoreUrl(DEFAULT_URL.to_owned()),
             password_file: None,
+            activity_retention: default_activity_retention(),
         }
     }
 }
@@ -188,7 +196,7 @@ mod tests {
     fn resolves_paths_and_refuses_other_schemes() {
         let raw = |url: &str| RawStore {
             url: StoreUrl(url.into()),
-            password_file: None,
+            ..RawStore::default()
         };
         let c = raw("sqlite://data/gate.db")
             .resolve(Path::new("/srv"))
@@ -226,6 +234,7 @@ mod tests {
         let raw = RawStore {
             url: StoreUrl("postgres://gate@127.0.0.1:5432/rg".into()),
             password_file: Some("pw".into()),
+            ..RawStore::default()
         };
         match raw.resolve(dir.path()).unwrap().backend {
             Backend::Postgres { password, .. } => {

@@ -16,9 +16,11 @@
 //!
 //! Depends on `config`-free leaves only (`secret`); nothing of HTTP.
 
+pub mod activity;
 pub mod config;
 pub mod credentials;
 pub mod logouts;
+pub mod sessions;
 
 use std::str::FromStr;
 use std::sync::OnceLock;

@@ -246,7 +246,7 @@ async fn route(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bod
         "login" if read => Ok(login_page(ctx, &query)),
         "login" if method == Method::POST => login_post(ctx, req).await,
         "logout" if method == Method::POST => logout(ctx, req).await,
-        "activity" if read => activity(ctx, &query),
+        "activity" if read => activity(ctx, &query).await,
         "tokens" if read => tokens::page(ctx).await,
         "tokens" if method == Method::POST => tokens::create(ctx, req).await,
         "tokens/revoke" if method == Method::POST => tokens::revoke(ctx, req).await,
@@ -314,7 +314,7 @@ async fn repositories(ctx: &mut Ctx<'_>, query: &Query) -> Result<Response<Body>
 
 /// The recent upstream writes (pushes, deletes, mounts) the audit trail
 /// kept, in the repositories the viewer may pull, newest first.
-fn activity(ctx: &Ctx<'_>, query: &Query) -> Result<Response<Body>, UiError> {
+async fn activity(ctx: &Ctx<'_>, query: &Query) -> Result<Response<Body>, UiError> {
     let repo = query.get("repo").trim().to_owned();
     if !repo.is_empty() && !access::is_valid_name(&repo) {
         return Err(UiError::BadRequest("That is not a repository name.".into()));
@@ -323,10 +323,9 @@ fn activity(ctx: &Ctx<'_>, query: &Query) -> Result<Response<Body>, UiError> {
     let subject = ctx.subject();
     // The same check as the repository list, once per repository.
     let mut may_pull: HashMap<String, bool> = HashMap::new();
-    let writes: Vec<RecentWrite> = ctx
-        .app
-        .audit
-        .recent_writes()
+    let retention = ctx.app.config.raw.store.activity_retention;
+    let (writes, stored) = ctx.app.audit.activity(retention).await;
+    let writes: Vec<RecentWrite> = writes
         .into_iter()
         .filter(|w| repo.is_empty() || w.repository == repo)
         .filter(|w| {
@@ -366,7 +365,17 @@ fn activity(ctx: &Ctx<'_>, query: &Query) -> Result<Response<Body>, UiError> {
         toggle: href(!all, 1),
         all,
         repo,
-        capacity: crate::audit::RECENT_WRITES,
+        kept: if stored {
+            format!(
+                "Every gate sharing this one's store records here; writes are kept for {}.",
+                humantime::format_duration(retention)
+            )
+        } else {
+            format!(
+                "The store is unavailable: this gate shows the last {} writes it made itself since it started.",
+                crate::audit::RECENT_WRITES
+            )
+        },
     };
     render(StatusCode::OK, &page_view)
 }

@@ -67,7 +67,8 @@ pub async fn resolve(app: &App, headers: &HeaderMap, tls: bool) -> Result<Resolv
     if let Some(token) = cookie(headers, SESSION_COOKIE) {
         match app.verifier.verify_session(token) {
             Ok(claims) if !app.ui.revoked.contains_key(&claims.jti) => {
-                let ended = logged_out_everywhere(app, &claims).await;
+                let ended = ended_elsewhere(app, &claims).await
+                    || logged_out_everywhere(app, &claims).await;
                 if !ended && let Some(identity) = identity(app, &claims).await? {
                     let csrf = csrf_for_session(token);
                     return Ok(Resolved {
@@ -100,6 +101,19 @@ pub async fn resolve(app: &App, headers: &HeaderMap, tls: bool) -> Result<Resolv
             csrf,
         },
         set_cookies,
+    })
+}
+
+/// Whether the session was ended by a logout on another instance. A store
+/// that cannot say is logged and the session goes on (as for "log out
+/// everywhere" below).
+async fn ended_elsewhere(app: &App, claims: &SessionClaims) -> bool {
+    let Some(creds) = &app.authn.credentials else {
+        return false;
+    };
+    creds.session_ended(&claims.jti).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ui: store unavailable, logouts on other instances not checked");
+        false
     })
 }
 
@@ -174,6 +188,16 @@ pub async fn start(app: &App, identity: &Identity, tls: bool) -> Result<HeaderVa
 pub fn end(app: &App, viewer: &Viewer, tls: bool) -> HeaderValue {
     if let Some((_, claims)) = &viewer.session {
         app.ui.revoked.insert(claims.jti.clone(), ());
+        // Every instance sharing the store refuses it too (off this
+        // answer's path; this instance already does).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, jti, exp) = (app.store.clone(), claims.jti.clone(), claims.exp as i64);
+            rt.spawn(async move {
+                if let Err(e) = store.end_session(&jti, exp).await {
+                    tracing::warn!(error = %e, "ui: could not share a logout through the store");
+                }
+            });
+        }
     }
     clear_cookie(SESSION_COOKIE, tls)
 }

@@ -104,6 +104,8 @@ struct Gate {
     base: String,
     deletes: Arc<AtomicUsize>,
     client: reqwest::Client,
+    /// The test's own store, when it made one.
+    _store: Option<tempfile::TempDir>,
 }
 
 /// The gate (alice: everything; bob and anonymous: pull `open/*`) on a
@@ -111,10 +113,13 @@ struct Gate {
 async fn gate() -> Gate {
     let deletes = Arc::new(AtomicUsize::new(0));
     let upstream = fake_upstream(deletes.clone()).await;
-    let raw: RawConfig = toml::from_str(&config_text(upstream)).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let raw: RawConfig = toml::from_str(&config_text(upstream, store.path())).unwrap();
     let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
     let live = Arc::new(crate::reload::Live::fixed(app.clone()));
-    serve(app, live, deletes).await
+    let mut g = serve(app, live, deletes).await;
+    g._store = Some(store);
+    g
 }
 
 async fn serve(app: Arc<App>, live: Arc<crate::reload::Live>, deletes: Arc<AtomicUsize>) -> Gate {
@@ -135,13 +140,17 @@ async fn serve(app: Arc<App>, live: Arc<crate::reload::Live>, deletes: Arc<Atomi
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
+        _store: None,
     }
 }
 
-fn config_text(upstream: SocketAddr) -> String {
+fn config_text(upstream: SocketAddr, store: &std::path::Path) -> String {
     let hash = bcrypt::hash("pw", 4).unwrap();
+    let store = store.display();
     format!(
         r#"
+[store]
+url = "sqlite://{store}/store.db"
 [server]
 listen = "127.0.0.1:0"
 [upstream]
@@ -805,7 +814,7 @@ async fn activity_survives_a_reload() {
     let upstream = fake_upstream(deletes.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gate.toml");
-    std::fs::write(&path, config_text(upstream)).unwrap();
+    std::fs::write(&path, config_text(upstream, dir.path())).unwrap();
     let app = Arc::new(App::build(crate::config::load(&path, true).unwrap()).unwrap());
     let live = Arc::new(crate::reload::Live::new(app.clone(), path.clone(), true));
     let g = serve(app, live.clone(), deletes).await;
@@ -819,7 +828,8 @@ async fn activity_survives_a_reload() {
     ));
 
     // The new config lets anonymous pull nothing; the writes stay.
-    let text = config_text(upstream).replace(r#"name = "open/*""#, r#"name = "none/*""#);
+    let text =
+        config_text(upstream, dir.path()).replace(r#"name = "open/*""#, r#"name = "none/*""#);
     std::fs::write(&path, text).unwrap();
     live.reload().unwrap();
     let current = live.current();

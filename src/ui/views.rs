@@ -511,7 +511,8 @@ pub struct ActivityPage {
     /// The same page with `all` switched.
     pub toggle: String,
     /// How many writes the gate keeps.
-    pub capacity: usize,
+    /// Where the history comes from and how long it is kept.
+    pub kept: String,
 }
 
 /// `sha256:0123456789ab`: enough to tell digests apart on a page.
