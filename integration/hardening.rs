@@ -1331,3 +1331,189 @@ async fn plain_http_on_the_tls_port_is_told_to_use_https() {
         .await
         .expect("handshake");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 17 (hardening, round 2): the regression test of each finding.
+
+/// A registry catalog played by a few lines of TCP: `names` (sorted), paged
+/// as distribution pages them (`n` default 100, `n > 1000` refused with 400
+/// PAGINATION_NUMBER_INVALID, names after `last`, `Link` when more follow).
+/// With `refuse`, every catalog request gets `401`. Any other path: `/v2/`
+/// answers `{}`, everything else 404. Counts catalog requests.
+struct FakeCatalog {
+    addr: SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeCatalog {
+    async fn start(names: Vec<String>, refuse: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let names = std::sync::Arc::new(names);
+        let counter = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let names = names.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        let (status, link, body) =
+                            FakeCatalog::answer(&names, &target, refuse, &counter);
+                        let link = link
+                            .map(|l| format!("Link: <{l}>; rel=\"next\"\r\n"))
+                            .unwrap_or_default();
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeCatalog { addr, calls }
+    }
+
+    fn answer(
+        names: &[String],
+        target: &str,
+        refuse: bool,
+        calls: &std::sync::atomic::AtomicUsize,
+    ) -> (&'static str, Option<String>, String) {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path == "/v2/" {
+            return ("200 OK", None, "{}".into());
+        }
+        if path != "/v2/_catalog" {
+            return (
+                "404 Not Found",
+                None,
+                r#"{"errors":[{"code":"NOT_FOUND"}]}"#.into(),
+            );
+        }
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if refuse {
+            return (
+                "401 Unauthorized",
+                None,
+                r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.into(),
+            );
+        }
+        let (mut n, mut last) = (100usize, String::new());
+        for (k, v) in url_pairs(query) {
+            match k.as_str() {
+                "n" => n = v.parse().unwrap_or(100),
+                "last" => last = v,
+                _ => {}
+            }
+        }
+        if n > 1000 {
+            return (
+                "400 Bad Request",
+                None,
+                r#"{"errors":[{"code":"PAGINATION_NUMBER_INVALID"}]}"#.into(),
+            );
+        }
+        let start = names.partition_point(|x| x.as_str() <= last.as_str());
+        let page: Vec<&String> = names[start..].iter().take(n).collect();
+        let link = (start + page.len() < names.len()).then(|| {
+            format!(
+                "/v2/_catalog?last={}&n={n}",
+                page.last().map_or("", |s| s.as_str())
+            )
+        });
+        (
+            "200 OK",
+            link,
+            serde_json::json!({ "repositories": page }).to_string(),
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `k=v&...`, percent-decoded.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// The repository names of a `_catalog` answer.
+fn repositories(body: &Value) -> Vec<String> {
+    body["repositories"]
+        .as_array()
+        .expect("repositories")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// Finding 10: `_catalog?n=1001..10000` was forwarded as is, the registry
+/// refused it (`n > 1000`), and the gate said the upstream "could not be
+/// reached". Pages are clamped to the registry's limit; a refusal is
+/// reported as one.
+#[tokio::test]
+async fn catalog_pages_beyond_the_registry_limit_are_clamped() {
+    let names: Vec<String> = (0..1500).map(|i| format!("team/r{i:04}")).collect();
+    let upstream = FakeCatalog::start(names, false).await;
+    let gate = Gate::start_with_config(&config("", ""), &upstream.url(), &[]).await;
+    let token = token_for(&gate, ADMIN, &["registry:catalog:*"]).await;
+    for n in [1001, 5000, 10_000] {
+        let url = format!("{}/v2/_catalog?n={n}", gate.url());
+        let resp = bearer(Method::GET, &url, &token).await;
+        assert_eq!(resp.status(), 200, "n={n}");
+        let link = resp
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().expect("link").to_owned())
+            .expect("a Link to the next page");
+        let got = repositories(&json_ok(resp).await);
+        assert_eq!(got.len(), 1000, "n={n}");
+        assert_eq!(got[999], "team/r0999");
+        assert!(link.contains("last=team/r0999"), "{link}");
+    }
+
+    let refusing = FakeCatalog::start(Vec::new(), true).await;
+    let gate = Gate::start_with_config(&config("", ""), &refusing.url(), &[]).await;
+    let token = token_for(&gate, ADMIN, &["registry:catalog:*"]).await;
+    let resp = bearer(Method::GET, &format!("{}/v2/_catalog", gate.url()), &token).await;
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(status, 502, "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("could not be reached"), "{body}");
+    assert!(message.contains("refused"), "{body}");
+    assert!(refusing.calls() > 0, "the refusal came from the upstream");
+}

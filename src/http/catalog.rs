@@ -20,6 +20,10 @@ use crate::upstream::Origin;
 
 /// distribution's default page size.
 const DEFAULT_PAGE: usize = 100;
+/// distribution refuses `n` above this (its `catalog.maxentries`, 1000 by
+/// default): larger client pages are clamped to it (a client may always
+/// get fewer names than asked, and follows `Link`).
+const MAX_PAGE: usize = 1000;
 /// Upstream pages fetched for one client page at most: a user who may see
 /// few of many repositories gets short pages rather than a slow answer.
 const MAX_UPSTREAM_PAGES: usize = 50;
@@ -88,7 +92,7 @@ fn params(query: Option<&str>) -> (usize, Option<String>) {
     let mut last = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
-            "n" => n = v.parse().unwrap_or(DEFAULT_PAGE).clamp(1, 10_000),
+            "n" => n = v.parse().unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
             "last" => last = Some(v.into_owned()),
             _ => {}
         }
@@ -114,8 +118,8 @@ async fn fetch(
         .await
         .map_err(upstream_error)?;
     if !resp.status().is_success() {
-        tracing::error!(status = %resp.status(), "upstream catalog failed");
-        return Err(ApiError::new(ErrorCode::UpstreamError));
+        tracing::error!(status = %resp.status(), "upstream catalog refused");
+        return Err(ApiError::new(ErrorCode::UpstreamRefused));
     }
     let more = resp.headers().contains_key(header::LINK);
     let bytes = body::collect_limited(resp.into_body(), MAX_UPSTREAM_BODY)
@@ -123,7 +127,7 @@ async fn fetch(
         .map_err(|_| ApiError::new(ErrorCode::UpstreamError))?;
     let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
         tracing::error!(error = %e, "upstream catalog is not JSON");
-        ApiError::new(ErrorCode::UpstreamError)
+        ApiError::new(ErrorCode::UpstreamRefused)
     })?;
     Ok((page.repositories, more))
 }
