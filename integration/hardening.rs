@@ -1517,3 +1517,43 @@ async fn catalog_pages_beyond_the_registry_limit_are_clamped() {
     assert!(message.contains("refused"), "{body}");
     assert!(refusing.calls() > 0, "the refusal came from the upstream");
 }
+
+/// A local address that is not loopback (the source of the default route),
+/// so a test can be a remote caller of a gate on loopback.
+fn non_loopback_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    // connect() on UDP sends nothing; it only picks the source address.
+    probe
+        .connect("192.0.2.1:9")
+        .expect("this host needs a non-loopback address (a default route) for this test");
+    let ip = probe.local_addr().expect("local address").ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// Finding 9: `/readyz` told anyone the upstream's address and why it
+/// failed (`connecting to 127.0.0.1:5999: Connection refused`). A remote
+/// caller learns which check fails; a caller on the host, the detail.
+#[tokio::test]
+async fn readiness_details_are_not_told_to_remote_callers() {
+    let nowhere = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    let gate = Gate::start_with_config(&config("", ""), &nowhere, &[]).await;
+    let url = format!("{}/readyz", gate.url());
+    let remote = client_from(&non_loopback_ip().to_string())
+        .get(&url)
+        .send()
+        .await
+        .expect("readyz from a remote address");
+    assert_eq!(remote.status(), 503);
+    let body: Value = remote.json().await.expect("json");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["upstream"], "unavailable", "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+
+    let local = http::client().get(&url).send().await.expect("readyz");
+    assert_eq!(local.status(), 503);
+    let body: Value = local.json().await.expect("json");
+    let upstream = body["upstream"].as_str().unwrap_or_default();
+    assert!(upstream.contains("127.0.0.1"), "{body}");
+    gate.wait_log("not ready", 1).await;
+}

@@ -157,8 +157,9 @@ pub async fn serve(
     }
 }
 
-/// Serves `GET /metrics` alone on its own listener (`[metrics] listen`),
-/// e.g. on an address only the monitoring network reaches. Plain HTTP/1.1;
+/// Serves `GET /metrics` (and `GET /readyz` with its detail) alone on its
+/// own listener (`[metrics] listen`), e.g. on an address only the
+/// monitoring network reaches. Plain HTTP/1.1;
 /// runs until the process ends.
 pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
     loop {
@@ -173,6 +174,20 @@ pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         http::metrics_response(&app)
+                    } else if req.uri().path() == "/readyz" {
+                        // With its detail: this listener is for operators.
+                        let r = app.readiness.get(&app.upstream, &app.authn).await;
+                        let mut resp = hyper::Response::new(crate::http::body::full(
+                            http::readiness_body(&r, true),
+                        ));
+                        if !r.ready {
+                            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        resp
                     } else {
                         let mut r = hyper::Response::new(crate::http::body::full("not found\n"));
                         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
