@@ -1557,3 +1557,34 @@ async fn readiness_details_are_not_told_to_remote_callers() {
     assert!(upstream.contains("127.0.0.1"), "{body}");
     gate.wait_log("not ready", 1).await;
 }
+
+/// Finding 11: `/metrics` was public on the main port by default. It now
+/// answers there only callers on the gate's host unless `[metrics] public`
+/// says otherwise.
+#[tokio::test]
+async fn metrics_on_the_main_port_are_for_this_host_by_default() {
+    let remote = client_from(&non_loopback_ip().to_string());
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &[]).await;
+    let url = format!("{}/metrics", gate.url());
+    let resp = remote.get(&url).send().await.expect("metrics, remote");
+    assert_eq!(resp.status(), 404);
+    let body = resp.text().await.expect("body");
+    assert!(!body.contains("registry_gate_"), "{body}");
+    let local = http::client()
+        .get(&url)
+        .send()
+        .await
+        .expect("metrics, local");
+    assert_eq!(local.status(), 200);
+    assert!(local.text().await.expect("body").contains("registry_gate_"));
+
+    let env = [("REGISTRY_GATE_METRICS__PUBLIC", "true")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let resp = remote
+        .get(format!("{}/metrics", gate.url()))
+        .send()
+        .await
+        .expect("metrics, remote, public");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.expect("body").contains("registry_gate_"));
+}

@@ -54,6 +54,9 @@ pub struct RawMetrics {
     /// not on the main listener; absent: on the main listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// On the main listener, serve `/metrics` to callers on other hosts
+    /// too; default: only to callers on this host (loopback).
+    pub public: bool,
 }
 
 impl Default for RawMetrics {
@@ -61,6 +64,7 @@ impl Default for RawMetrics {
         RawMetrics {
             enabled: true,
             listen: None,
+            public: false,
         }
     }
 }

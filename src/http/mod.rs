@@ -153,7 +153,14 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         return Ok((errors::json_response(StatusCode::OK, body), None));
     }
     let metrics = &app.config.raw.metrics;
-    if path == "/metrics" && is_get && metrics.enabled && metrics.listen.is_none() {
+    // On the main listener, counters are for this host's callers unless
+    // `[metrics] public` says otherwise; others get the 404 of any unknown path.
+    if path == "/metrics"
+        && is_get
+        && metrics.enabled
+        && metrics.listen.is_none()
+        && (metrics.public || is_local(conn.peer.ip()))
+    {
         return Ok((metrics_response(app), None));
     }
     if path == "/readyz" && is_get {
