@@ -514,3 +514,25 @@ async fn ldap_service_password_from_env_keeps_numeric_passwords() {
     // The log is written off the request path: wait for the line.
     wrong.wait_log("invalid credentials", 1).await;
 }
+
+/// Issue 17, finding 6: the throttle keyed accounts by lower case only,
+/// while LDAP finds `bach` for `" bach"`, `"bach "` and full-width
+/// `ｂａｃｈ`: with `bach` locked, `" bach"` and the right password got a
+/// token. Failures in any spelling count for the one account, and its
+/// lockout holds for every spelling.
+#[tokio::test]
+async fn ldap_throttle_holds_for_every_spelling_of_an_account() {
+    let stack = Stack::start().await;
+    // The example allows 5 failures per account.
+    for spelling in ["bach", " bach", "bach ", "ｂａｃｈ", "BACH"] {
+        assert_refused(&stack.gate, (spelling, "wrong")).await;
+    }
+    for spelling in ["bach", " bach", "bach ", "ｂａｃｈ", " Bach"] {
+        let (status, body) = auth(&stack.gate, (spelling, PASSWORD)).await;
+        assert_eq!(status, 429, "{spelling:?}: {body}");
+        assert!(body.get("token").is_none(), "{body}");
+    }
+    // Another account is not affected.
+    let (status, body) = auth(&stack.gate, MOZART).await;
+    assert_eq!(status, 200, "{body}");
+}

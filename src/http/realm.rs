@@ -156,7 +156,10 @@ async fn authenticate(
             app.metrics.authentication(backend, started.elapsed());
             match result {
                 Ok(Some(identity)) => {
-                    app.throttle.record_success(account, ip);
+                    // Throttled on the canonical account too, whatever
+                    // spelling found it.
+                    let vouched = app.throttle.vouched(account, &identity.account, ip);
+                    throttled(app, Some(&identity.account), conn, vouched)?;
                     Ok((identity, None))
                 }
                 Ok(None) => Err(failed(account, Some(account), "bad_credentials")),
@@ -182,7 +185,22 @@ async fn authenticate(
 /// 429 when failed logins from this address (or for this account) are
 /// being backed off; the credentials are then not even looked at.
 fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
-    app.throttle.check(account, conn.peer.ip()).map_err(|t| {
+    throttled(
+        app,
+        account,
+        conn,
+        app.throttle.check(account, conn.peer.ip()),
+    )
+}
+
+/// A throttle decision as the realm answers it (429, metric, audit).
+fn throttled(
+    app: &App,
+    account: Option<&str>,
+    conn: Conn,
+    decision: Result<(), crate::ratelimit::Throttled>,
+) -> Result<(), ApiError> {
+    decision.map_err(|t| {
         app.metrics.login_throttled(t.limited.as_str());
         app.audit.record(Event::LoginThrottled {
             account: account.unwrap_or("").to_owned(),
