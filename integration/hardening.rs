@@ -1588,3 +1588,39 @@ async fn metrics_on_the_main_port_are_for_this_host_by_default() {
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.expect("body").contains("registry_gate_"));
 }
+
+/// Finding 7, without LDAP: an unknown account was refused without any
+/// bcrypt check (the dummy hash was never reached), so `admin` and `test`
+/// could be told from unknown names by timing. The gate's CPU work per
+/// rejected login is the same for both.
+#[tokio::test]
+async fn unknown_accounts_cost_the_same_bcrypt_as_static_ones() {
+    let env = [("REGISTRY_GATE_RATELIMIT__ENABLED", "false")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let pid = gate.pid();
+    let client = http::client();
+    let spent = |accounts: [&'static str; 2]| {
+        let (gate, client) = (&gate, &client);
+        async move {
+            let before = crate::harness::cpu_time(pid);
+            for i in 0..3 {
+                for account in accounts {
+                    // A different wrong password each time: no cache answers.
+                    let resp = login(client, gate, (account, &format!("wrong-{i}"))).await;
+                    assert_eq!(resp.status(), 401, "{account}");
+                }
+            }
+            crate::harness::cpu_time(pid) - before
+        }
+    };
+    let known = spent(["admin", "test"]).await;
+    let unknown = spent(["nobody", "admin2"]).await;
+    assert!(
+        known >= Duration::from_millis(20),
+        "bcrypt cost too little to compare: {known:?}"
+    );
+    assert!(
+        unknown * 2 >= known,
+        "unknown accounts cost {unknown:?}, static ones {known:?}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::harness::gate::{self, example_config, example_config_path};
 use crate::harness::http::{SERVICE, bearer, jwt_parts, post_token, request_token, token};
 use crate::harness::image::{OciImage, Skopeo};
 use crate::harness::slapd::{PASSWORD, SERVICE_DN, Slapd, SlapdOptions};
-use crate::harness::{Gate, Registry, Stack, repo_root};
+use crate::harness::{Gate, Registry, Stack, cpu_time, repo_root};
 
 const MOZART: (&str, &str) = ("mozart", PASSWORD);
 const BACH: (&str, &str) = ("bach", PASSWORD);
@@ -535,4 +535,41 @@ async fn ldap_throttle_holds_for_every_spelling_of_an_account() {
     // Another account is not affected.
     let (status, body) = auth(&stack.gate, MOZART).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Issue 17, finding 7: with LDAP configured, a wrong password cost a
+/// bcrypt check for the static accounts (`admin`, `test`) and an LDAP
+/// search alone for unknown names: static accounts could be told apart by
+/// timing, while the docs said unknown accounts cost the same bcrypt. The
+/// gate's CPU work per rejected login is now the same either way (measured
+/// as CPU time, which a busy machine does not inflate as it does wall time).
+#[tokio::test]
+async fn ldap_rejections_cost_the_same_bcrypt_as_static_ones() {
+    let env = [("REGISTRY_GATE_RATELIMIT__ENABLED", "false")];
+    let stack = Stack::with_config_env(&example_config(), &env).await;
+    let pid = stack.gate.pid();
+    let rounds = 3;
+    // A different wrong password each time: no login cache answers.
+    let spent = |accounts: [&'static str; 2]| {
+        let gate = &stack.gate;
+        async move {
+            let before = cpu_time(pid);
+            for i in 0..rounds {
+                for account in accounts {
+                    assert_refused(gate, (account, &format!("wrong-{account}-{i}"))).await;
+                }
+            }
+            cpu_time(pid) - before
+        }
+    };
+    let known = spent(["admin", "test"]).await;
+    let unknown = spent(["nobody", "bach"]).await;
+    assert!(
+        known >= Duration::from_millis(20),
+        "bcrypt cost too little to compare: {known:?}"
+    );
+    assert!(
+        unknown * 2 >= known,
+        "unknown and LDAP accounts cost {unknown:?}, static ones {known:?}"
+    );
 }
