@@ -408,14 +408,18 @@ pub fn parse_manifest(
     })
 }
 
-/// Fetches and parses an image config blob (cached by digest: immutable).
+/// Fetches and parses an image config blob of `g`'s repository (cached by
+/// repository and digest).
 pub async fn config(
     app: &App,
     g: &Granted,
     digest: &str,
     origin: &Origin,
 ) -> Result<Arc<ImageConfig>, UiError> {
-    if let Some(c) = app.ui.configs.get(digest) {
+    // Keyed by repository too: only content read from `g`'s repository
+    // answers for it (issue 17, finding 1).
+    let key = (g.name.clone(), digest.to_owned());
+    if let Some(c) = app.ui.configs.get(&key) {
         return Ok(c);
     }
     if !crate::access::is_valid_digest(digest) {
@@ -446,7 +450,7 @@ pub async fn config(
     let config: ImageConfig = serde_json::from_slice(&bytes)
         .map_err(|_| UiError::Upstream("the config blob is not an image config".into()))?;
     let config = Arc::new(config);
-    app.ui.configs.insert(digest.to_owned(), config.clone());
+    app.ui.configs.insert(key, config.clone());
     Ok(config)
 }
 
@@ -465,7 +469,8 @@ pub struct Summary {
 /// The summary of `m` (fetching index children and configs as needed).
 /// Failures of children degrade to missing fields, never to an error page.
 pub async fn summary(app: &App, g: &Granted, m: &Manifest, origin: &Origin) -> Arc<Summary> {
-    if let Some(s) = app.ui.summaries.get(&m.digest) {
+    let key = (g.name.clone(), m.digest.clone());
+    if let Some(s) = app.ui.summaries.get(&key) {
         return s;
     }
     let s = if m.is_index() {
@@ -515,7 +520,7 @@ pub async fn summary(app: &App, g: &Granted, m: &Manifest, origin: &Origin) -> A
         };
         Arc::new(image_summary(m, config.as_deref()))
     };
-    app.ui.summaries.insert(m.digest.clone(), s.clone());
+    app.ui.summaries.insert(key, s.clone());
     s
 }
 
