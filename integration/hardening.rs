@@ -1624,3 +1624,109 @@ async fn unknown_accounts_cost_the_same_bcrypt_as_static_ones() {
         "unknown accounts cost {unknown:?}, static ones {known:?}"
     );
 }
+
+/// `GET url` with a bearer token: the repositories and the `Link` target.
+async fn catalog_page(url: &str, token: &str) -> (Vec<String>, Option<String>) {
+    let resp = bearer(Method::GET, url, token).await;
+    assert_eq!(resp.status(), 200, "{url}");
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("link").to_owned());
+    (repositories(&json_ok(resp).await), link)
+}
+
+/// Finding 4: the `Link` cursor was the last name the gate had looked at.
+/// After 50 upstream pages without a visible name it was a hidden one
+/// (`last=hidden/r04999`), and since `last` is the client's to choose,
+/// bisection could recover hidden names. Every cursor is now a name the
+/// caller was shown, and pages hold visible names only.
+#[tokio::test]
+async fn catalog_cursors_name_nothing_hidden() {
+    let mut names = vec!["aaa/one".to_string(), "zzz/two".to_string()];
+    names.extend((0..6000).map(|i| format!("hidden/r{i:05}")));
+    names.sort();
+    let upstream = FakeCatalog::start(names, false).await;
+    let deny = r#"[[acl]]
+match = { account = "test", name = "hidden/*" }
+actions = []
+
+[[acl]]
+match = { account = "test", type = "registry", name = "catalog" }
+actions = ["*"]
+"#;
+    let gate = Gate::start_with_config(&config("", deny), &upstream.url(), &[]).await;
+    let token = token_for(&gate, TEST, &["registry:catalog:*"]).await;
+
+    let mut url = format!("{}/v2/_catalog?n=1", gate.url());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (page, link) = catalog_page(&url, &token).await;
+        assert!(page.iter().all(|n| !n.starts_with("hidden/")), "{page:?}");
+        seen.extend(page.iter().cloned());
+        let Some(link) = link else { break };
+        assert!(!link.contains("hidden"), "{link}");
+        let last = page.last().expect("a Link follows a non-empty page");
+        assert!(link.contains(&format!("last={last}&")), "{link}");
+        let target = &link[link.find('<').expect("<") + 1..link.find('>').expect(">")];
+        url = format!("{}{target}", gate.url());
+    }
+    assert_eq!(seen, ["aaa/one", "zzz/two"]);
+
+    // A cursor of the client's choosing (here a hidden name) gets the
+    // visible names after it, and a cursor that names no hidden one.
+    let url = format!("{}/v2/_catalog?n=1&last=hidden/r00100", gate.url());
+    let (page, link) = catalog_page(&url, &token).await;
+    assert_eq!(page, ["zzz/two"]);
+    assert_eq!(link, None);
+}
+
+/// Finding 5: every anonymous `GET /ui/` read the whole upstream catalog
+/// (25 upstream requests with 25,000 repositories) and `_catalog?n=1` up to
+/// 50: a few requests were hundreds of upstream calls. One listing is now
+/// read for all of them (single flight, kept for a few seconds), and a
+/// push through the gate makes the next one fresh.
+#[tokio::test]
+async fn catalog_listing_is_shared_between_requests() {
+    let names: Vec<String> = (0..25_000).map(|i| format!("team/r{i:05}")).collect();
+    let upstream = FakeCatalog::start(names, false).await;
+    let deny = r#"[[acl]]
+match = { account = "test", name = "team/*" }
+actions = []
+
+[[acl]]
+match = { account = "test", type = "registry", name = "catalog" }
+actions = ["*"]
+"#;
+    let gate = Gate::start_with_config(&config("", deny), &upstream.url(), &[]).await;
+    let token = token_for(&gate, TEST, &["registry:catalog:*"]).await;
+    let before = upstream.calls();
+    let client = http::client();
+    let ui = (0..4).map(|_| {
+        let (client, url) = (client.clone(), format!("{}/ui/", gate.url()));
+        async move {
+            let resp = client.get(url).send().await.expect("GET /ui/");
+            assert_eq!(resp.status(), 200);
+        }
+    });
+    let catalog = (0..4).map(|_| {
+        let (url, token) = (format!("{}/v2/_catalog?n=1", gate.url()), token.clone());
+        async move {
+            let (page, link) = catalog_page(&url, &token).await;
+            assert!(page.is_empty() && link.is_none(), "{page:?} {link:?}");
+        }
+    });
+    let started = Instant::now();
+    tokio::join!(
+        futures_util::future::join_all(ui),
+        futures_util::future::join_all(catalog)
+    );
+    let calls = upstream.calls() - before;
+    // One listing: 25 pages of 1000 names (before: 4 x 25 + 4 x 50 = 300).
+    assert_eq!(calls, 25, "upstream catalog requests for 8 listings");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}

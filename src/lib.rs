@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod iptext;
+pub mod listing;
 pub mod logformat;
 pub mod metrics;
 pub mod permit;

@@ -100,6 +100,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     }
     if let Some(action) = write {
         let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+        if (200..300).contains(&status) {
+            // The repository list may have changed: read it afresh.
+            app.listing.invalidate();
+        }
         app.audit.record(Event::UpstreamWrite {
             account: permit.account().to_owned(),
             client: conn.peer.ip(),

@@ -81,39 +81,33 @@ impl Granted {
 }
 
 /// The repositories `subject` may pull, sorted; and whether the upstream
-/// catalog was longer than we read.
+/// catalog was longer than we read. From the shared listing
+/// ([`crate::listing`]): no upstream request of its own.
 pub async fn visible_repositories(
     app: &App,
     subject: &Subject<'_>,
     origin: &Origin,
 ) -> Result<(Vec<String>, bool), UiError> {
-    let mut visible = Vec::new();
-    let mut last: Option<String> = None;
-    for _ in 0..MAX_LIST_PAGES {
-        let mut pq = format!("/v2/_catalog?n={LIST_PAGE}");
-        if let Some(last) = &last {
-            pq.push_str("&last=");
-            pq.extend(form_urlencoded::byte_serialize(last.as_bytes()));
-        }
-        let (names, more) = list_page(app, &pq, origin, "repositories").await?;
-        for name in &names {
-            if app
-                .acl
+    let listing = app
+        .listing
+        .get(&app.upstream, origin)
+        .await
+        .map_err(|e| match e {
+            crate::listing::ListingError::Refused(why) => {
+                UiError::Upstream(format!("the upstream registry refused the listing ({why})"))
+            }
+            _ => UiError::Upstream("the upstream registry is unreachable".into()),
+        })?;
+    let visible = listing
+        .names
+        .iter()
+        .filter(|name| {
+            app.acl
                 .allows(subject, &Scope::repository(name, [Action::Pull]))
-            {
-                visible.push(name.clone());
-            }
-        }
-        match names.last() {
-            Some(name) if more => last = Some(name.clone()),
-            _ => {
-                visible.sort();
-                return Ok((visible, false));
-            }
-        }
-    }
-    visible.sort();
-    Ok((visible, true))
+        })
+        .cloned()
+        .collect();
+    Ok((visible, listing.truncated))
 }
 
 /// Every tag of the repository (upstream order), and whether there were more
@@ -737,6 +731,9 @@ pub async fn delete(
         .request(Method::DELETE, &pq, None, origin)
         .await;
     let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+    if (200..300).contains(&status) {
+        app.listing.invalidate();
+    }
     app.audit.record(Event::UpstreamWrite {
         account: account.to_owned(),
         client: origin.client_ip,
