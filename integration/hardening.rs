@@ -1730,3 +1730,96 @@ actions = ["*"]
         started.elapsed()
     );
 }
+
+/// A TCP connection to `to` from `from` (any 127.0.0.0/8 address).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(from.parse().expect("ip"), 0))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Whether the peer closed `s` within `within` (EOF or reset).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Finding 3: 1,030 silent connections from one address filled
+/// `max_connections`, and `/healthz` and every client waited (the idle
+/// timeout is 90 s, and the attacker reconnects). Now one address gets at
+/// most `max_connections_per_address`, a silent connection is closed after
+/// `first_request_timeout`, and when every slot is taken idle connections
+/// make room. Scaled down: 48 slots, 16 per address.
+#[tokio::test]
+async fn idle_sockets_do_not_lock_others_out() {
+    let env = [
+        ("REGISTRY_GATE_LIMITS__MAX_CONNECTIONS", "48"),
+        ("REGISTRY_GATE_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+        ("REGISTRY_GATE_LIMITS__FIRST_REQUEST_TIMEOUT", "1m"),
+        ("REGISTRY_GATE_LIMITS__IDLE_TIMEOUT", "1m"),
+        ("REGISTRY_GATE_LIMITS__HEADER_READ_TIMEOUT", "1m"),
+    ];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    // One address: 16 connections are kept, the next 4 closed at once.
+    let mut kept = Vec::new();
+    for _ in 0..16 {
+        kept.push(connect_from("127.0.0.2", gate.addr).await);
+    }
+    for i in 0..4 {
+        let mut extra = connect_from("127.0.0.2", gate.addr).await;
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(10)).await,
+            "connection {} from one address was kept",
+            17 + i
+        );
+    }
+    // Two more addresses take the remaining 32 slots, silently.
+    for from in ["127.0.0.3", "127.0.0.4"] {
+        for _ in 0..16 {
+            kept.push(connect_from(from, gate.addr).await);
+        }
+    }
+    // Every slot is held by a silent connection: another client is served
+    // anyway, because idle connections make room.
+    let started = Instant::now();
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        client_from("127.0.0.9")
+            .get(format!("{}/healthz", gate.url()))
+            .send(),
+    )
+    .await
+    .expect("/healthz answered while silent connections held every slot")
+    .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let mut closed = 0;
+    for s in &mut kept {
+        if closed_within(s, Duration::from_millis(1)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection made room");
+    drop(kept);
+
+    // A silent connection is closed after first_request_timeout; one that
+    // speaks in time is served.
+    let env = [("REGISTRY_GATE_LIMITS__FIRST_REQUEST_TIMEOUT", "1s")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(gate.addr).await.expect("connect");
+    assert!(closed_within(&mut silent, Duration::from_secs(15)).await);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    let health = http::client()
+        .get(format!("{}/healthz", gate.url()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+}

@@ -192,6 +192,10 @@ pub fn upstream_error(e: UpstreamError) -> ApiError {
     tracing::error!(error = %e, "upstream request failed");
     match e {
         UpstreamError::Timeout => ApiError::new(ErrorCode::UpstreamTimeout),
+        UpstreamError::Busy => ApiError::detail(
+            ErrorCode::Unavailable,
+            "all upstream connections are busy, try again later",
+        ),
         _ => ApiError::new(ErrorCode::UpstreamError),
     }
 }
