@@ -1198,8 +1198,10 @@ async fn load_hundreds_of_concurrent_clients() {
                 barrier.clone(),
             );
             tokio::spawn(async move {
-                // Each client its own connection pool: CLIENTS connections.
-                let client = http::client();
+                // Each client its own connection pool: CLIENTS connections,
+                // each client from its own address, as real clients are (one
+                // address may hold only limits.max_connections_per_address).
+                let client = client_from(&format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200));
                 barrier.wait().await;
                 let mut unexpected = Vec::new();
                 let check = |unexpected: &mut Vec<String>, what: &str, got: u16, want: u16| {
