@@ -1180,18 +1180,19 @@ mod tests {
     /// connections (the rest: 503), and a response the client takes no byte
     /// of for `body_stall_timeout` closes its connection, upstream ones
     /// included. Scaled down: 2 connections x 12 requests, 8 streams each,
-    /// 12 upstream connections, a 1 s stall limit.
+    /// 12 upstream connections, a 2 s stall limit.
     #[tokio::test]
     async fn stuck_http2_streams_release_their_upstream_connections() {
         let (upstream, open, peak) = counting_upstream().await;
         let gate = start(&format!("http://{upstream}"), |raw| {
-            raw.limits.body_stall_timeout = Duration::from_secs(1);
+            raw.limits.body_stall_timeout = Duration::from_secs(2);
             raw.limits.max_streams_per_connection = 8;
             raw.limits.max_upstream_connections = 12;
-            raw.upstream.connect_timeout = Duration::from_millis(300);
+            raw.upstream.connect_timeout = Duration::from_millis(200);
         })
         .await;
         let token = pull_token(&gate.app);
+        let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel::<u16>();
         let mut statuses = Vec::new();
         let mut conns = Vec::new();
         for _ in 0..2 {
@@ -1203,7 +1204,7 @@ mod tests {
                 .unwrap();
             conns.push(tokio::spawn(conn));
             for _ in 0..12 {
-                let (client, token) = (client.clone(), token.clone());
+                let (client, token, status_tx) = (client.clone(), token.clone(), status_tx.clone());
                 statuses.push(tokio::spawn(async move {
                     let mut client = client.ready().await.ok()?;
                     let req = hyper::Request::get(format!("http://gate/v2/a/blobs/{DIGEST}"))
@@ -1213,11 +1214,11 @@ mod tests {
                     let (resp, _) = client.send_request(req, true).ok()?;
                     // The head arrives; the body never can (zero window).
                     let resp = resp.await.ok()?;
-                    let status = resp.status().as_u16();
+                    let _ = status_tx.send(resp.status().as_u16());
                     // Keep the stream open, as the attacker did.
                     let _body = resp.into_body();
                     std::future::pending::<()>().await;
-                    Some(status)
+                    Some(())
                 }));
             }
         }
@@ -1231,6 +1232,21 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Streams beyond the total bound are told 503 (after
+        // upstream.connect_timeout), not queued for ever.
+        let (mut ok, mut busy) = (0, 0);
+        while busy == 0 {
+            let status = tokio::time::timeout(Duration::from_secs(10), status_rx.recv())
+                .await
+                .expect("a stream beyond the upstream bound was answered")
+                .expect("status");
+            match status {
+                200 => ok += 1,
+                503 => busy += 1,
+                other => panic!("status {other}"),
+            }
+        }
+        assert!(ok <= 12, "{ok} streams got an upstream connection");
         // Then every stuck response closes its connection, and the upstream
         // connections go with it.
         while open.load(Ordering::SeqCst) > 0 {

@@ -96,6 +96,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         Ok(_) => app.metrics.upstream_response(started.elapsed()),
         Err(UpstreamError::Timeout) => app.metrics.upstream_error("timeout"),
         Err(UpstreamError::Unreachable(_)) => app.metrics.upstream_error("unreachable"),
+        Err(UpstreamError::Busy) => app.metrics.upstream_error("busy"),
         Err(_) => {}
     }
     if let Some(action) = write {
