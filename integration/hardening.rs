@@ -1234,8 +1234,10 @@ async fn load_hundreds_of_concurrent_clients() {
                 barrier.clone(),
             );
             tokio::spawn(async move {
-                // Each client its own connection pool: CLIENTS connections.
-                let client = http::client();
+                // Each client its own connection pool: CLIENTS connections,
+                // each client from its own address, as real clients are (one
+                // address may hold only limits.max_connections_per_address).
+                let client = client_from(&format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200));
                 barrier.wait().await;
                 let mut unexpected = Vec::new();
                 let check = |unexpected: &mut Vec<String>, what: &str, got: u16, want: u16| {
@@ -1366,4 +1368,496 @@ async fn plain_http_on_the_tls_port_is_told_to_use_https() {
     tls_connect(gate.addr, &[&first], &all)
         .await
         .expect("handshake");
+}
+
+// ---------------------------------------------------------------------------
+// Issue 17 (hardening, round 2): the regression test of each finding.
+
+/// A registry catalog played by a few lines of TCP: `names` (sorted), paged
+/// as distribution pages them (`n` default 100, `n > 1000` refused with 400
+/// PAGINATION_NUMBER_INVALID, names after `last`, `Link` when more follow).
+/// With `refuse`, every catalog request gets `401`. Any other path: `/v2/`
+/// answers `{}`, everything else 404. Counts catalog requests.
+struct FakeCatalog {
+    addr: SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeCatalog {
+    async fn start(names: Vec<String>, refuse: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let names = std::sync::Arc::new(names);
+        let counter = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let names = names.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        let (status, link, body) =
+                            FakeCatalog::answer(&names, &target, refuse, &counter);
+                        let link = link
+                            .map(|l| format!("Link: <{l}>; rel=\"next\"\r\n"))
+                            .unwrap_or_default();
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{link}Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeCatalog { addr, calls }
+    }
+
+    fn answer(
+        names: &[String],
+        target: &str,
+        refuse: bool,
+        calls: &std::sync::atomic::AtomicUsize,
+    ) -> (&'static str, Option<String>, String) {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path == "/v2/" {
+            return ("200 OK", None, "{}".into());
+        }
+        if path != "/v2/_catalog" {
+            return (
+                "404 Not Found",
+                None,
+                r#"{"errors":[{"code":"NOT_FOUND"}]}"#.into(),
+            );
+        }
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if refuse {
+            return (
+                "401 Unauthorized",
+                None,
+                r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.into(),
+            );
+        }
+        let (mut n, mut last) = (100usize, String::new());
+        for (k, v) in url_pairs(query) {
+            match k.as_str() {
+                "n" => n = v.parse().unwrap_or(100),
+                "last" => last = v,
+                _ => {}
+            }
+        }
+        if n > 1000 {
+            return (
+                "400 Bad Request",
+                None,
+                r#"{"errors":[{"code":"PAGINATION_NUMBER_INVALID"}]}"#.into(),
+            );
+        }
+        let start = names.partition_point(|x| x.as_str() <= last.as_str());
+        let page: Vec<&String> = names[start..].iter().take(n).collect();
+        let link = (start + page.len() < names.len()).then(|| {
+            format!(
+                "/v2/_catalog?last={}&n={n}",
+                page.last().map_or("", |s| s.as_str())
+            )
+        });
+        (
+            "200 OK",
+            link,
+            serde_json::json!({ "repositories": page }).to_string(),
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `k=v&...`, percent-decoded.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// The repository names of a `_catalog` answer.
+fn repositories(body: &Value) -> Vec<String> {
+    body["repositories"]
+        .as_array()
+        .expect("repositories")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// Finding 10: `_catalog?n=1001..10000` was forwarded as is, the registry
+/// refused it (`n > 1000`), and the gate said the upstream "could not be
+/// reached". Pages are clamped to the registry's limit; a refusal is
+/// reported as one.
+#[tokio::test]
+async fn catalog_pages_beyond_the_registry_limit_are_clamped() {
+    let names: Vec<String> = (0..1500).map(|i| format!("team/r{i:04}")).collect();
+    let upstream = FakeCatalog::start(names, false).await;
+    let gate = Gate::start_with_config(&config("", ""), &upstream.url(), &[]).await;
+    let token = token_for(&gate, ADMIN, &["registry:catalog:*"]).await;
+    for n in [1001, 5000, 10_000] {
+        let url = format!("{}/v2/_catalog?n={n}", gate.url());
+        let resp = bearer(Method::GET, &url, &token).await;
+        assert_eq!(resp.status(), 200, "n={n}");
+        let link = resp
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().expect("link").to_owned())
+            .expect("a Link to the next page");
+        let got = repositories(&json_ok(resp).await);
+        assert_eq!(got.len(), 1000, "n={n}");
+        assert_eq!(got[999], "team/r0999");
+        assert!(link.contains("last=team/r0999"), "{link}");
+    }
+
+    let refusing = FakeCatalog::start(Vec::new(), true).await;
+    let gate = Gate::start_with_config(&config("", ""), &refusing.url(), &[]).await;
+    let token = token_for(&gate, ADMIN, &["registry:catalog:*"]).await;
+    let resp = bearer(Method::GET, &format!("{}/v2/_catalog", gate.url()), &token).await;
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(status, 502, "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("could not be reached"), "{body}");
+    assert!(message.contains("refused"), "{body}");
+    assert!(refusing.calls() > 0, "the refusal came from the upstream");
+}
+
+/// A local address that is not loopback (the source of the default route),
+/// so a test can be a remote caller of a gate on loopback.
+fn non_loopback_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    // connect() on UDP sends nothing; it only picks the source address.
+    probe
+        .connect("192.0.2.1:9")
+        .expect("this host needs a non-loopback address (a default route) for this test");
+    let ip = probe.local_addr().expect("local address").ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// Finding 9: `/readyz` told anyone the upstream's address and why it
+/// failed (`connecting to 127.0.0.1:5999: Connection refused`). A remote
+/// caller learns which check fails; a caller on the host, the detail.
+#[tokio::test]
+async fn readiness_details_are_not_told_to_remote_callers() {
+    let nowhere = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    let gate = Gate::start_with_config(&config("", ""), &nowhere, &[]).await;
+    let url = format!("{}/readyz", gate.url());
+    let remote = client_from(&non_loopback_ip().to_string())
+        .get(&url)
+        .send()
+        .await
+        .expect("readyz from a remote address");
+    assert_eq!(remote.status(), 503);
+    let body: Value = remote.json().await.expect("json");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["upstream"], "unavailable", "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+
+    let local = http::client().get(&url).send().await.expect("readyz");
+    assert_eq!(local.status(), 503);
+    let body: Value = local.json().await.expect("json");
+    let upstream = body["upstream"].as_str().unwrap_or_default();
+    assert!(upstream.contains("127.0.0.1"), "{body}");
+    gate.wait_log("not ready", 1).await;
+}
+
+/// Finding 11: `/metrics` was public on the main port by default. It now
+/// answers there only callers on the gate's host unless `[metrics] public`
+/// says otherwise.
+#[tokio::test]
+async fn metrics_on_the_main_port_are_for_this_host_by_default() {
+    let remote = client_from(&non_loopback_ip().to_string());
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &[]).await;
+    let url = format!("{}/metrics", gate.url());
+    let resp = remote.get(&url).send().await.expect("metrics, remote");
+    assert_eq!(resp.status(), 404);
+    let body = resp.text().await.expect("body");
+    assert!(!body.contains("registry_gate_"), "{body}");
+    let local = http::client()
+        .get(&url)
+        .send()
+        .await
+        .expect("metrics, local");
+    assert_eq!(local.status(), 200);
+    assert!(local.text().await.expect("body").contains("registry_gate_"));
+
+    let env = [("REGISTRY_GATE_METRICS__PUBLIC", "true")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let resp = remote
+        .get(format!("{}/metrics", gate.url()))
+        .send()
+        .await
+        .expect("metrics, remote, public");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.expect("body").contains("registry_gate_"));
+}
+
+/// Finding 7, without LDAP: an unknown account was refused without any
+/// bcrypt check (the dummy hash was never reached), so `admin` and `test`
+/// could be told from unknown names by timing. The gate's CPU work per
+/// rejected login is the same for both.
+#[tokio::test]
+async fn unknown_accounts_cost_the_same_bcrypt_as_static_ones() {
+    let env = [("REGISTRY_GATE_RATELIMIT__ENABLED", "false")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let pid = gate.pid();
+    let client = http::client();
+    let spent = |accounts: [&'static str; 2]| {
+        let (gate, client) = (&gate, &client);
+        async move {
+            let before = crate::harness::cpu_time(pid);
+            for i in 0..3 {
+                for account in accounts {
+                    // A different wrong password each time: no cache answers.
+                    let resp = login(client, gate, (account, &format!("wrong-{i}"))).await;
+                    assert_eq!(resp.status(), 401, "{account}");
+                }
+            }
+            crate::harness::cpu_time(pid) - before
+        }
+    };
+    let known = spent(["admin", "test"]).await;
+    let unknown = spent(["nobody", "admin2"]).await;
+    assert!(
+        known >= Duration::from_millis(20),
+        "bcrypt cost too little to compare: {known:?}"
+    );
+    assert!(
+        unknown * 2 >= known,
+        "unknown accounts cost {unknown:?}, static ones {known:?}"
+    );
+}
+
+/// `GET url` with a bearer token: the repositories and the `Link` target.
+async fn catalog_page(url: &str, token: &str) -> (Vec<String>, Option<String>) {
+    let resp = bearer(Method::GET, url, token).await;
+    assert_eq!(resp.status(), 200, "{url}");
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("link").to_owned());
+    (repositories(&json_ok(resp).await), link)
+}
+
+/// Finding 4: the `Link` cursor was the last name the gate had looked at.
+/// After 50 upstream pages without a visible name it was a hidden one
+/// (`last=hidden/r04999`), and since `last` is the client's to choose,
+/// bisection could recover hidden names. Every cursor is now a name the
+/// caller was shown, and pages hold visible names only.
+#[tokio::test]
+async fn catalog_cursors_name_nothing_hidden() {
+    let mut names = vec!["aaa/one".to_string(), "zzz/two".to_string()];
+    names.extend((0..6000).map(|i| format!("hidden/r{i:05}")));
+    names.sort();
+    let upstream = FakeCatalog::start(names, false).await;
+    let deny = r#"[[acl]]
+match = { account = "test", name = "hidden/*" }
+actions = []
+
+[[acl]]
+match = { account = "test", type = "registry", name = "catalog" }
+actions = ["*"]
+"#;
+    let gate = Gate::start_with_config(&config("", deny), &upstream.url(), &[]).await;
+    let token = token_for(&gate, TEST, &["registry:catalog:*"]).await;
+
+    let mut url = format!("{}/v2/_catalog?n=1", gate.url());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (page, link) = catalog_page(&url, &token).await;
+        assert!(page.iter().all(|n| !n.starts_with("hidden/")), "{page:?}");
+        seen.extend(page.iter().cloned());
+        let Some(link) = link else { break };
+        assert!(!link.contains("hidden"), "{link}");
+        let last = page.last().expect("a Link follows a non-empty page");
+        assert!(link.contains(&format!("last={last}&")), "{link}");
+        let target = &link[link.find('<').expect("<") + 1..link.find('>').expect(">")];
+        url = format!("{}{target}", gate.url());
+    }
+    assert_eq!(seen, ["aaa/one", "zzz/two"]);
+
+    // A cursor of the client's choosing (here a hidden name) gets the
+    // visible names after it, and a cursor that names no hidden one.
+    let url = format!("{}/v2/_catalog?n=1&last=hidden/r00100", gate.url());
+    let (page, link) = catalog_page(&url, &token).await;
+    assert_eq!(page, ["zzz/two"]);
+    assert_eq!(link, None);
+}
+
+/// Finding 5: every anonymous `GET /ui/` read the whole upstream catalog
+/// (25 upstream requests with 25,000 repositories) and `_catalog?n=1` up to
+/// 50: a few requests were hundreds of upstream calls. One listing is now
+/// read for all of them (single flight, kept for a few seconds), and a
+/// push through the gate makes the next one fresh.
+#[tokio::test]
+async fn catalog_listing_is_shared_between_requests() {
+    let names: Vec<String> = (0..25_000).map(|i| format!("team/r{i:05}")).collect();
+    let upstream = FakeCatalog::start(names, false).await;
+    let deny = r#"[[acl]]
+match = { account = "test", name = "team/*" }
+actions = []
+
+[[acl]]
+match = { account = "test", type = "registry", name = "catalog" }
+actions = ["*"]
+"#;
+    let gate = Gate::start_with_config(&config("", deny), &upstream.url(), &[]).await;
+    let token = token_for(&gate, TEST, &["registry:catalog:*"]).await;
+    let before = upstream.calls();
+    let client = http::client();
+    let ui = (0..4).map(|_| {
+        let (client, url) = (client.clone(), format!("{}/ui/", gate.url()));
+        async move {
+            let resp = client.get(url).send().await.expect("GET /ui/");
+            assert_eq!(resp.status(), 200);
+        }
+    });
+    let catalog = (0..4).map(|_| {
+        let (url, token) = (format!("{}/v2/_catalog?n=1", gate.url()), token.clone());
+        async move {
+            let (page, link) = catalog_page(&url, &token).await;
+            assert!(page.is_empty() && link.is_none(), "{page:?} {link:?}");
+        }
+    });
+    let started = Instant::now();
+    tokio::join!(
+        futures_util::future::join_all(ui),
+        futures_util::future::join_all(catalog)
+    );
+    let calls = upstream.calls() - before;
+    // One listing: 25 pages of 1000 names (before: 4 x 25 + 4 x 50 = 300).
+    assert_eq!(calls, 25, "upstream catalog requests for 8 listings");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A TCP connection to `to` from `from` (any 127.0.0.0/8 address).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(from.parse().expect("ip"), 0))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Whether the peer closed `s` within `within` (EOF or reset).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Finding 3: 1,030 silent connections from one address filled
+/// `max_connections`, and `/healthz` and every client waited (the idle
+/// timeout is 90 s, and the attacker reconnects). Now one address gets at
+/// most `max_connections_per_address`, a silent connection is closed after
+/// `first_request_timeout`, and when every slot is taken idle connections
+/// make room. Scaled down: 48 slots, 16 per address.
+#[tokio::test]
+async fn idle_sockets_do_not_lock_others_out() {
+    let env = [
+        ("REGISTRY_GATE_LIMITS__MAX_CONNECTIONS", "48"),
+        ("REGISTRY_GATE_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+        ("REGISTRY_GATE_LIMITS__FIRST_REQUEST_TIMEOUT", "1m"),
+        ("REGISTRY_GATE_LIMITS__IDLE_TIMEOUT", "1m"),
+        ("REGISTRY_GATE_LIMITS__HEADER_READ_TIMEOUT", "1m"),
+    ];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    // One address: 16 connections are kept, the next 4 closed at once.
+    let mut kept = Vec::new();
+    for _ in 0..16 {
+        kept.push(connect_from("127.0.0.2", gate.addr).await);
+    }
+    for i in 0..4 {
+        let mut extra = connect_from("127.0.0.2", gate.addr).await;
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(10)).await,
+            "connection {} from one address was kept",
+            17 + i
+        );
+    }
+    // Two more addresses take the remaining 32 slots, silently.
+    for from in ["127.0.0.3", "127.0.0.4"] {
+        for _ in 0..16 {
+            kept.push(connect_from(from, gate.addr).await);
+        }
+    }
+    // Every slot is held by a silent connection: another client is served
+    // anyway, because idle connections make room.
+    let started = Instant::now();
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        client_from("127.0.0.9")
+            .get(format!("{}/healthz", gate.url()))
+            .send(),
+    )
+    .await
+    .expect("/healthz answered while silent connections held every slot")
+    .expect("healthz");
+    assert_eq!(health.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let mut closed = 0;
+    for s in &mut kept {
+        if closed_within(s, Duration::from_millis(1)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection made room");
+    drop(kept);
+
+    // A silent connection is closed after first_request_timeout; one that
+    // speaks in time is served.
+    let env = [("REGISTRY_GATE_LIMITS__FIRST_REQUEST_TIMEOUT", "1s")];
+    let gate = Gate::start_with_config(&config("", ""), "http://127.0.0.1:9", &env).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(gate.addr).await.expect("connect");
+    assert!(closed_within(&mut silent, Duration::from_secs(15)).await);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    let health = http::client()
+        .get(format!("{}/healthz", gate.url()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
 }

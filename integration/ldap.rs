@@ -13,7 +13,7 @@ use crate::harness::gate::{self, example_config, example_config_path};
 use crate::harness::http::{SERVICE, bearer, jwt_parts, post_token, request_token, token};
 use crate::harness::image::{OciImage, Skopeo};
 use crate::harness::slapd::{PASSWORD, SERVICE_DN, Slapd, SlapdOptions};
-use crate::harness::{Gate, Registry, Stack, repo_root};
+use crate::harness::{Gate, Registry, Stack, cpu_time, repo_root};
 
 const MOZART: (&str, &str) = ("mozart", PASSWORD);
 const BACH: (&str, &str) = ("bach", PASSWORD);
@@ -573,4 +573,63 @@ async fn ldap_service_password_from_env_keeps_numeric_passwords() {
     assert_eq!(status, 503, "{body}");
     // The log is written off the request path: wait for the line.
     wrong.wait_log("invalid credentials", 1).await;
+}
+
+/// Issue 17, finding 6: the throttle keyed accounts by lower case only,
+/// while LDAP finds `bach` for `" bach"`, `"bach "` and full-width
+/// `ｂａｃｈ`: with `bach` locked, `" bach"` and the right password got a
+/// token. Failures in any spelling count for the one account, and its
+/// lockout holds for every spelling.
+#[tokio::test]
+async fn ldap_throttle_holds_for_every_spelling_of_an_account() {
+    let stack = Stack::start().await;
+    // The example allows 5 failures per account.
+    for spelling in ["bach", " bach", "bach ", "ｂａｃｈ", "BACH"] {
+        assert_refused(&stack.gate, (spelling, "wrong")).await;
+    }
+    for spelling in ["bach", " bach", "bach ", "ｂａｃｈ", " Bach"] {
+        let (status, body) = auth(&stack.gate, (spelling, PASSWORD)).await;
+        assert_eq!(status, 429, "{spelling:?}: {body}");
+        assert!(body.get("token").is_none(), "{body}");
+    }
+    // Another account is not affected.
+    let (status, body) = auth(&stack.gate, MOZART).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Issue 17, finding 7: with LDAP configured, a wrong password cost a
+/// bcrypt check for the static accounts (`admin`, `test`) and an LDAP
+/// search alone for unknown names: static accounts could be told apart by
+/// timing, while the docs said unknown accounts cost the same bcrypt. The
+/// gate's CPU work per rejected login is now the same either way (measured
+/// as CPU time, which a busy machine does not inflate as it does wall time).
+#[tokio::test]
+async fn ldap_rejections_cost_the_same_bcrypt_as_static_ones() {
+    let env = [("REGISTRY_GATE_RATELIMIT__ENABLED", "false")];
+    let stack = Stack::with_config_env(&example_config(), &env).await;
+    let pid = stack.gate.pid();
+    let rounds = 3;
+    // A different wrong password each time: no login cache answers.
+    let spent = |accounts: [&'static str; 2]| {
+        let gate = &stack.gate;
+        async move {
+            let before = cpu_time(pid);
+            for i in 0..rounds {
+                for account in accounts {
+                    assert_refused(gate, (account, &format!("wrong-{account}-{i}"))).await;
+                }
+            }
+            cpu_time(pid) - before
+        }
+    };
+    let known = spent(["admin", "test"]).await;
+    let unknown = spent(["nobody", "bach"]).await;
+    assert!(
+        known >= Duration::from_millis(20),
+        "bcrypt cost too little to compare: {known:?}"
+    );
+    assert!(
+        unknown * 2 >= known,
+        "unknown and LDAP accounts cost {unknown:?}, static ones {known:?}"
+    );
 }

@@ -47,6 +47,8 @@ pub struct App {
     /// The database of credentials (kept across reloads while `[store]`
     /// names the same one).
     pub store: Arc<Store>,
+    /// The upstream's repositories, shared by `_catalog` and the UI.
+    pub listing: crate::listing::ListingCache,
 }
 
 /// Why the app could not be built from a valid config (files unreadable).
@@ -166,6 +168,7 @@ impl App {
             key_id: key.kid.clone(),
             key,
             readiness: ReadinessCache::default(),
+            listing: Default::default(),
             audit: Audit::open_with(&config.raw.audit.output, carried.recent_writes)
                 .map_err(|source| BuildError::Audit {
                     path: config.raw.audit.output.clone(),

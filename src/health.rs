@@ -47,6 +47,10 @@ impl ReadinessCache {
             return r.clone();
         }
         let r = check(upstream, authn).await;
+        if !r.ready {
+            // The detail is for operators: /readyz tells remote callers less.
+            tracing::warn!(upstream = %r.upstream, ldap = ?r.ldap, "not ready");
+        }
         *last = Some((Instant::now(), r.clone()));
         r
     }

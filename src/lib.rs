@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 pub mod immutable;
 pub mod iptext;
+pub mod listing;
 pub mod logformat;
 pub mod metrics;
 pub mod permit;

@@ -128,10 +128,25 @@ impl From<IpAddr> for AddressKey {
     }
 }
 
-/// Account names are counted case-insensitively: LDAP matches them so, and
-/// case variants must not each get a fresh allowance.
-fn account_key(account: &str) -> String {
-    account.to_lowercase()
+/// The spelling an account is counted under. A directory matches names
+/// more loosely than byte for byte (LDAP's `caseIgnoreMatch` ignores case,
+/// leading, trailing and repeated spaces, and compares compatibility forms:
+/// full-width `ｂａｃｈ` finds `bach`), and no such variant may get a fresh
+/// allowance: whitespace trimmed and collapsed, Unicode NFKC, lower case.
+/// (The realm also checks the canonical account a backend vouched for:
+/// see [`LoginThrottle::same_account`].)
+pub fn account_key(account: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let nfkc: String = account.nfkc().collect();
+    let mut key = String::with_capacity(nfkc.len());
+    for word in nfkc.split_whitespace() {
+        if !key.is_empty() {
+            key.push(' ');
+        }
+        key.push_str(&word.to_lowercase());
+    }
+    // Lower case can leave a compatibility form behind (rarely): once more.
+    key.nfkc().collect()
 }
 
 /// See the module documentation.
@@ -181,6 +196,11 @@ impl LoginThrottle {
         &self.config
     }
 
+    /// Whether two names are counted as one account (see [`account_key`]).
+    pub fn same_account(a: &str, b: &str) -> bool {
+        account_key(a) == account_key(b)
+    }
+
     /// May a login for `account` (None: a refresh token) from `ip` have its
     /// credentials checked now?
     pub fn check(&self, account: Option<&str>, ip: IpAddr) -> Result<(), Throttled> {
@@ -199,6 +219,21 @@ impl LoginThrottle {
             self.trusted
                 .insert((account_key(account), AddressKey::from(ip)), ());
         }
+    }
+
+    /// A backend vouched that a login typed as `typed` is `canonical` (its
+    /// canonical name, e.g. LDAP's `account_attribute`). When the two are
+    /// not counted as one account, the canonical one's back-off holds too:
+    /// `Err` then, and no token may be issued. On `Ok`, the address is
+    /// trusted for both names (as [`Self::record_success`]).
+    pub fn vouched(&self, typed: &str, canonical: &str, ip: IpAddr) -> Result<(), Throttled> {
+        let same = Self::same_account(typed, canonical);
+        if !same {
+            self.check(Some(canonical), ip)?;
+            self.record_success(canonical, ip);
+        }
+        self.record_success(typed, ip);
+        Ok(())
     }
 
     fn check_at(&self, account: Option<&str>, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
@@ -312,6 +347,68 @@ mod tests {
     }
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    /// Issue 17, finding 6: with `bach` locked, `" bach"` (which LDAP finds
+    /// as `bach`) got a token. Every spelling a directory would match is
+    /// counted as one account.
+    #[test]
+    fn every_spelling_of_an_account_shares_one_counter() {
+        for same in [
+            "bach",
+            " bach",
+            "bach ",
+            "  bach\t",
+            "BACH",
+            "Bach",
+            "ｂａｃｈ",
+            "ＢＡＣＨ",
+            " ｂａｃｈ ",
+        ] {
+            assert_eq!(account_key(same), "bach", "{same:?}");
+            assert!(LoginThrottle::same_account(same, "bach"), "{same:?}");
+        }
+        assert_eq!(account_key("J. S.   Bach"), "j. s. bach");
+        for other in ["bach2", "b ach", "bac", "bäch"] {
+            assert!(!LoginThrottle::same_account(other, "bach"), "{other:?}");
+        }
+        let t = LoginThrottle::new(config());
+        let now = Instant::now();
+        let attacker = ip("192.0.2.1");
+        for spelling in [" bach", "ｂａｃｈ", "BACH "] {
+            t.check_at(Some(spelling), attacker, now).unwrap();
+            t.record_failure_at(Some(spelling), attacker, now);
+        }
+        for spelling in ["bach", " bach", "ＢＡＣＨ", "bach  "] {
+            let err = t.check_at(Some(spelling), attacker, now).unwrap_err();
+            assert_eq!(err.limited, Limited::Account, "{spelling:?}");
+        }
+    }
+
+    /// Finding 6, the other half: a name the throttle cannot tell is the
+    /// same account (an alias the directory's filter also matches) is
+    /// held by the canonical account's back-off once a backend vouches.
+    #[test]
+    fn the_canonical_account_is_throttled_whatever_spelling_found_it() {
+        let t = LoginThrottle::new(config());
+        let attacker = ip("192.0.2.1");
+        for _ in 0..3 {
+            t.record_failure(Some("bach"), attacker);
+        }
+        assert!(t.check(Some("js.bach@example.com"), attacker).is_ok());
+        let err = t
+            .vouched("js.bach@example.com", "bach", attacker)
+            .unwrap_err();
+        assert_eq!(err.limited, Limited::Account);
+        // Not locked: vouched, and the address is trusted for both names.
+        let home = ip("192.0.2.9");
+        assert!(t.vouched("mozart@example.com", "mozart", home).is_ok());
+        for _ in 0..3 {
+            t.record_failure(Some("mozart"), attacker);
+        }
+        assert!(t.check(Some("mozart"), home).is_ok());
+        assert!(t.check(Some("mozart@example.com"), home).is_ok());
+        assert!(t.check(Some("mozart"), attacker).is_err());
+    }
 
     #[test]
     fn account_backs_off_after_the_allowance_and_doubles() {

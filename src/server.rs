@@ -3,8 +3,19 @@
 //! shutdown stops accepting while in-flight requests finish.
 //!
 //! What one client may cost (`[limits]`):
-//! - at most `max_connections` connections are served at once; more wait in
-//!   the kernel's accept queue;
+//! - at most `max_connections` connections are served at once; when all are
+//!   taken, connections with no request in flight are closed (the longest
+//!   idle first) to make room, and only while none is idle do new ones wait
+//!   in the kernel's accept queue;
+//! - at most `max_connections_per_address` of them from one address (IPv6:
+//!   one /64); more are closed as they arrive;
+//! - a new connection must start its first request (or TLS handshake)
+//!   within `first_request_timeout`;
+//! - HTTP/2: at most `max_streams_per_connection` concurrent streams, so one
+//!   connection holds at most that many upstream connections;
+//! - a response the client takes no byte of for `body_stall_timeout` closes
+//!   its connection (an HTTP/2 stream with a zero flow-control window would
+//!   otherwise hold its upstream connection for ever);
 //! - the TLS handshake, and each request's head once its first byte
 //!   arrived, must complete within `header_read_timeout` (slowloris);
 //! - a connection with no request in flight is closed after `idle_timeout`;
@@ -17,6 +28,7 @@
 //! request; HTTP/2: GOAWAY), and the server waits up to `shutdown_timeout`
 //! for them before returning.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +59,14 @@ type HandlerFuture = std::pin::Pin<
 /// The largest read from an HTTP/1.1 client (see `http_builder`).
 const READ_BUFFER: usize = 512 * 1024;
 
+/// While every connection slot is taken, how often idle connections are
+/// looked for again.
+const EVICT_RECHECK: Duration = Duration::from_millis(250);
+
+/// A connection idle for less than this is not closed to make room: a
+/// client that just connected (or just got an answer) may be about to send.
+const EVICT_AFTER: Duration = Duration::from_millis(500);
+
 /// After a connection was asked to close (idle, too slow, shutting down),
 /// how long it may take to say goodbye once nothing is in flight.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -66,29 +86,11 @@ pub async fn serve(
     let metrics = live.current().metrics.clone();
     let builder = Arc::new(http_builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open_conns = Arc::new(Connections::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut warned_full: Option<Instant> = None;
     tokio::pin!(shutdown);
-    loop {
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(
-                        max = limits.max_connections,
-                        "connection limit reached (limits.max_connections): new clients wait"
-                    );
-                    warned_full = Some(Instant::now());
-                }
-                tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
-        };
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -101,7 +103,47 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = open_conns.admit(peer.ip(), limits.max_connections_per_address)
+        else {
+            tracing::debug!(
+                client = %peer,
+                max = limits.max_connections_per_address,
+                "too many connections from this address (limits.max_connections_per_address): closed"
+            );
+            continue;
+        };
+        // The connection is accepted first and then waits for a slot: so
+        // idle connections are closed only for one that is really waiting.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection limit reached (limits.max_connections): idle connections \
+                         are closed to make room, new clients wait for a free slot"
+                    );
+                    warned_full = Some(Instant::now());
+                }
+                // Under pressure, idle connections make room: silent sockets
+                // must not lock out clients with requests to make. Looked
+                // for again while waiting (a keep-alive request may end).
+                loop {
+                    open_conns.evict_idle(evict_batch(limits.max_connections));
+                    tokio::select! {
+                        p = permits.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'accept,
+                        },
+                        () = &mut shutdown => break 'accept,
+                        () = tokio::time::sleep(EVICT_RECHECK) => {}
+                    }
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new(false));
+        let registered = open_conns.register(activity.clone());
         let live = live.clone();
         let builder = builder.clone();
         let tls = tls.clone();
@@ -111,6 +153,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
+            let _slot = address_slot;
+            let _registered = registered;
             let conn = Conn {
                 peer,
                 tls: tls.is_some(),
@@ -118,25 +162,49 @@ pub async fn serve(
             match tls {
                 Some(acceptor) => {
                     let mut stream = stream;
-                    if speaks_plain_http(&mut stream, limits.header_read_timeout).await {
-                        return;
-                    }
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(s)) => {
-                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_connection(s, h2, &builder, live, conn, &limits, stop).await
+                    // The TLS phase ends early when the connection is
+                    // evicted to make room (it has no request in flight).
+                    let tls_phase = async {
+                        match first_bytes(&mut stream, limits.first_request_timeout).await {
+                            FirstBytes::Tls => {}
+                            FirstBytes::PlainHttp => {
+                                refuse_plain_http(&mut stream, limits.header_read_timeout).await;
+                                return None;
+                            }
+                            FirstBytes::Nothing => {
+                                tracing::debug!(client = %peer, "no first request in time");
+                                return None;
+                            }
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                        let handshake = tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(s)) => Some(s),
+                            Ok(Err(e)) => {
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(client = %peer, "TLS handshake timed out");
+                                None
+                            }
                         }
-                        Err(_) => {
-                            tracing::debug!(client = %peer, "TLS handshake timed out")
-                        }
+                    };
+                    let tls_stream = tokio::select! {
+                        s = tls_phase => s,
+                        () = activity.evicted() => None,
+                    };
+                    if let Some(s) = tls_stream {
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                        activity.h2.store(h2, Ordering::SeqCst);
+                        serve_connection(s, &builder, live, conn, &limits, stop, activity).await
                     }
                 }
-                None => serve_connection(stream, false, &builder, live, conn, &limits, stop).await,
+                None => {
+                    serve_connection(stream, &builder, live, conn, &limits, stop, activity).await
+                }
             }
         });
     }
@@ -157,8 +225,9 @@ pub async fn serve(
     }
 }
 
-/// Serves `GET /metrics` alone on its own listener (`[metrics] listen`),
-/// e.g. on an address only the monitoring network reaches. Plain HTTP/1.1;
+/// Serves `GET /metrics` (and `GET /readyz` with its detail) alone on its
+/// own listener (`[metrics] listen`), e.g. on an address only the
+/// monitoring network reaches. Plain HTTP/1.1;
 /// runs until the process ends.
 pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
     loop {
@@ -173,6 +242,20 @@ pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         http::metrics_response(&app)
+                    } else if req.uri().path() == "/readyz" {
+                        // With its detail: this listener is for operators.
+                        let r = app.readiness.get(&app.upstream, &app.authn).await;
+                        let mut resp = hyper::Response::new(crate::http::body::full(
+                            http::readiness_body(&r, true),
+                        ));
+                        if !r.ready {
+                            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        resp
                     } else {
                         let mut r = hyper::Response::new(crate::http::body::full("not found\n"));
                         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
@@ -190,17 +273,31 @@ pub async fn serve_metrics(listener: TcpListener, live: Arc<Live>) {
     }
 }
 
+/// What a new connection on the TLS port sent first.
+enum FirstBytes {
+    Tls,
+    /// A method name: plain HTTP on the TLS port.
+    PlainHttp,
+    /// Nothing within the time allowed (or the peer went away).
+    Nothing,
+}
+
 /// A TLS record starts with 0x16 (handshake); a plain HTTP request with a
-/// method name. A client that sends plain HTTP to the TLS port gets a short
-/// plain-text 400 saying so (rather than a TLS alert that clients report as
-/// "malformed HTTP response"), and the connection closes. True if it did.
-async fn speaks_plain_http(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
-    use tokio::io::AsyncWriteExt;
+/// method name. Waits for the first byte for at most `wait`.
+async fn first_bytes(stream: &mut tokio::net::TcpStream, wait: Duration) -> FirstBytes {
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) || first[0] == 0x16 || !first[0].is_ascii_uppercase() {
-        return false;
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 && first[0].is_ascii_uppercase() => FirstBytes::PlainHttp,
+        Ok(Ok(1)) => FirstBytes::Tls,
+        _ => FirstBytes::Nothing,
     }
+}
+
+/// A client that sends plain HTTP to the TLS port gets a short plain-text
+/// 400 saying so (rather than a TLS alert that clients report as
+/// "malformed HTTP response"), and the connection closes.
+async fn refuse_plain_http(stream: &mut tokio::net::TcpStream, wait: Duration) {
+    use tokio::io::AsyncWriteExt;
     let body = "This port speaks HTTPS: use an https:// URL.\n";
     let msg = format!(
         "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n\
@@ -209,7 +306,6 @@ async fn speaks_plain_http(stream: &mut tokio::net::TcpStream, wait: Duration) -
     );
     let _ = tokio::time::timeout(wait, stream.write_all(msg.as_bytes())).await;
     let _ = stream.shutdown().await;
-    true
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
@@ -231,6 +327,9 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Each stream may hold an upstream connection: this bounds what one
+        // client connection can take (hyper's default is 200).
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -239,22 +338,28 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
     Idle,
+    /// Nothing arrived within `first_request_timeout` of connecting.
+    NoFirstRequest,
     SlowHeader,
     Shutdown,
+    /// Closed to make room for others (it had no request in flight).
+    Evicted,
+    /// A response the client took no byte of for `body_stall_timeout`.
+    Stuck,
 }
 
 async fn serve_connection<IO>(
     io: IO,
-    h2: bool,
     builder: &auto::Builder<TokioExecutor>,
     live: Arc<Live>,
     conn: Conn,
     limits: &LimitsConfig,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new(h2));
+    activity.serving();
     let (bytes_in, bytes_out) = live.current().metrics.client_byte_counters();
     let io = TokioIo::new(Tracked {
         inner: io,
@@ -273,13 +378,7 @@ async fn serve_connection<IO>(
             // prove the higher-ranked Send bound hyper's executor needs.
             Box::pin(async move {
                 let resp = http::handle(app, req, conn).await;
-                Ok(resp.map(|body| {
-                    InFlightBody {
-                        body,
-                        _guard: guard,
-                    }
-                    .boxed()
-                }))
+                Ok(resp.map(|body| InFlightBody::new(body, guard).boxed()))
             })
         })
     };
@@ -291,9 +390,19 @@ async fn serve_connection<IO>(
             return;
         }
         reason = activity.expired(limits) => reason,
+        () = activity.evicted() => Closing::Evicted,
         _ = stop.wait_for(|stopping| *stopping) => Closing::Shutdown,
     };
     tracing::debug!(client = %conn.peer, reason = ?closing, "closing connection");
+    // A stuck response is not waited for; nor is an evicted connection that
+    // is still idle (it has nothing to finish, and its slot is wanted now).
+    // Dropping the connection drops its streams and their upstream
+    // connections.
+    if closing == Closing::Stuck
+        || (closing == Closing::Evicted && activity.in_flight.load(Ordering::SeqCst) == 0)
+    {
+        return;
+    }
     connection.as_mut().graceful_shutdown();
     // In-flight requests finish (on shutdown the server's own deadline
     // bounds this); once nothing is in flight, a moment to say goodbye.
@@ -322,7 +431,19 @@ fn log_end(conn: Conn, result: Result<(), BoxError>) {
 struct Activity {
     started: Instant,
     /// HTTP/2: bytes between requests are pings and settings, not a head.
-    h2: bool,
+    /// (Known once TLS negotiated it.)
+    h2: AtomicBool,
+    /// Whether any byte of a request (or a request) has arrived yet.
+    used: AtomicBool,
+    /// Milliseconds since `started` from which `first_request_timeout`
+    /// counts (the end of the TLS handshake, if any).
+    first_from: AtomicU64,
+    /// Set when the accept loop closes this (idle) connection to make room.
+    evicted: AtomicBool,
+    evict: Notify,
+    /// When each response in flight last handed a byte to the client
+    /// (milliseconds since `started`), to find one that no longer moves.
+    responses: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
     in_flight: AtomicUsize,
     /// Milliseconds since `started` at which `in_flight` last became 0.
     idle_since: AtomicU64,
@@ -346,7 +467,12 @@ impl Activity {
     fn new(h2: bool) -> Self {
         Activity {
             started: Instant::now(),
-            h2,
+            h2: AtomicBool::new(h2),
+            used: AtomicBool::new(false),
+            first_from: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+            responses: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
@@ -367,6 +493,7 @@ impl Activity {
     /// A request has begun; the guard ends it when dropped (with the
     /// response body, or with the handler if the client went away).
     fn begin(self: &Arc<Self>) -> InFlight {
+        self.used.store(true, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.head_pending.store(false, Ordering::SeqCst);
         self.head_started.store(NONE, Ordering::SeqCst);
@@ -375,7 +502,10 @@ impl Activity {
 
     /// Called on every read that delivered bytes.
     fn on_read(&self) {
-        if self.h2
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::SeqCst);
+        }
+        if self.h2.load(Ordering::Relaxed)
             || self.in_flight.load(Ordering::SeqCst) > 0
             || self.head_pending.load(Ordering::Relaxed)
         {
@@ -396,7 +526,25 @@ impl Activity {
             .min(limits.header_read_timeout)
             .max(MIN_RECHECK);
         if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Err(now + soonest);
+            let mut next = now + soonest;
+            if let Some(oldest) = self.oldest_progress() {
+                let deadline = self.at(oldest) + limits.body_stall_timeout;
+                if now >= deadline {
+                    return Ok(Closing::Stuck);
+                }
+                next = next.min(deadline);
+            }
+            return Err(next);
+        }
+        if !self.used.load(Ordering::SeqCst) {
+            // Nothing yet: the first request must start soon (or the idle
+            // limit, if that is shorter).
+            let first = self.at(self.first_from.load(Ordering::SeqCst))
+                + limits.first_request_timeout.min(limits.idle_timeout);
+            if now >= first {
+                return Ok(Closing::NoFirstRequest);
+            }
+            return Err(first.min(now + soonest));
         }
         let idle_since = self.idle_since.load(Ordering::SeqCst);
         let head = self.head_started.load(Ordering::SeqCst);
@@ -420,6 +568,55 @@ impl Activity {
             Err(deadline.min(head_soonest))
         } else {
             Err(deadline)
+        }
+    }
+
+    /// The connection is about to be served (after any TLS handshake): the
+    /// first request's time starts now.
+    fn serving(&self) {
+        self.first_from.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// The earliest last progress among the responses in flight.
+    fn oldest_progress(&self) -> Option<u64> {
+        let responses = self
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        responses.iter().map(|p| p.load(Ordering::SeqCst)).min()
+    }
+
+    /// Whether the connection may be closed to make room: nothing in
+    /// flight, not closing already, idle for at least [`EVICT_AFTER`]
+    /// (a client that just connected gets a moment to send its request).
+    /// With the moment it became idle.
+    fn idle_from(&self, now: Instant) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0
+            || self.evicted.load(Ordering::SeqCst)
+            || self.closing.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        let ms = if self.used.load(Ordering::SeqCst) {
+            self.idle_since.load(Ordering::SeqCst)
+        } else {
+            self.first_from.load(Ordering::SeqCst)
+        };
+        let since = self.at(ms);
+        (now.saturating_duration_since(since) >= EVICT_AFTER).then_some(since)
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        // One waiter (the connection's task); the permit is kept if it is
+        // not waiting yet.
+        self.evict.notify_one();
+    }
+
+    /// Resolves once the accept loop asked this connection to make room.
+    async fn evicted(&self) {
+        while !self.evicted.load(Ordering::SeqCst) {
+            self.evict.notified().await;
         }
     }
 
@@ -458,6 +655,109 @@ impl Activity {
     }
 }
 
+/// How many connections each address has open, and every open connection's
+/// [`Activity`] (to find idle ones when all slots are taken).
+#[derive(Default)]
+struct Connections {
+    per_address: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+}
+
+/// Connections are counted per address; IPv6 ones per /64 (one host's
+/// usual share), IPv4-mapped ones as IPv4.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// Idle connections closed at once when every slot is taken.
+fn evict_batch(max_connections: usize) -> usize {
+    (max_connections / 16).max(1)
+}
+
+impl Connections {
+    fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more connection from `ip`, unless it has `max`
+    /// already (0: no limit).
+    fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut counts = Self::lock(&self.per_address);
+        let n = counts.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            conns: self.clone(),
+            key,
+        })
+    }
+
+    fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Self::lock(&self.open).insert(id, activity);
+        Registered {
+            conns: self.clone(),
+            id,
+        }
+    }
+
+    /// Asks up to `n` connections with no request in flight to close, the
+    /// longest idle first; returns how many.
+    fn evict_idle(&self, n: usize) -> usize {
+        let now = Instant::now();
+        let mut idle: Vec<(Instant, Arc<Activity>)> = Self::lock(&self.open)
+            .values()
+            .filter_map(|a| a.idle_from(now).map(|at| (at, a.clone())))
+            .collect();
+        idle.sort_by_key(|(at, _)| *at);
+        idle.truncate(n);
+        for (_, a) in &idle {
+            a.evict();
+        }
+        idle.len()
+    }
+}
+
+/// One connection counted against its address while it lives.
+struct AddressSlot {
+    conns: Arc<Connections>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = Connections::lock(&self.conns.per_address);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One connection listed among the open ones while it lives.
+struct Registered {
+    conns: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        Connections::lock(&self.conns.open).remove(&self.id);
+    }
+}
+
 /// One request in flight on a connection.
 struct InFlight(Arc<Activity>);
 
@@ -474,10 +774,40 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until it
-/// has been sent (or dropped).
+/// has been sent (or dropped), and records when it last moved.
 struct InFlightBody {
     body: Body,
-    _guard: InFlight,
+    progress: Arc<AtomicU64>,
+    guard: InFlight,
+}
+
+impl InFlightBody {
+    fn new(body: Body, guard: InFlight) -> Self {
+        let activity = &guard.0;
+        let progress = Arc::new(AtomicU64::new(activity.now_ms()));
+        activity
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(progress.clone());
+        InFlightBody {
+            body,
+            progress,
+            guard,
+        }
+    }
+}
+
+impl Drop for InFlightBody {
+    fn drop(&mut self) {
+        let mut responses = self
+            .guard
+            .0
+            .responses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        responses.retain(|p| !Arc::ptr_eq(p, &self.progress));
+    }
 }
 
 impl HttpBody for InFlightBody {
@@ -488,7 +818,12 @@ impl HttpBody for InFlightBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            let now = self.guard.0.now_ms();
+            self.progress.store(now, Ordering::SeqCst);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -569,6 +904,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use crate::app::App;
+
+    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -702,20 +1039,61 @@ mod tests {
         assert_eq!(healthz(gate.addr).await, "HTTP/1.1 200 OK");
     }
 
+    /// Issue 17, finding 3: silent connections filled `max_connections`
+    /// and every other client (`/healthz` included) waited. With all slots
+    /// taken, idle connections are closed (the longest idle first) to make
+    /// room.
     #[tokio::test]
-    async fn connections_beyond_the_limit_wait() {
+    async fn idle_connections_make_room_for_new_ones() {
         let gate = start("http://127.0.0.1:9", |raw| {
             raw.limits.max_connections = 2;
-            raw.limits.header_read_timeout = Duration::from_secs(5);
+            raw.limits.header_read_timeout = Duration::from_secs(30);
+            raw.limits.idle_timeout = Duration::from_secs(30);
+            raw.limits.first_request_timeout = Duration::from_secs(30);
         })
         .await;
-        let first = TcpStream::connect(gate.addr).await.unwrap();
+        let mut first = TcpStream::connect(gate.addr).await.unwrap();
         let _second = TcpStream::connect(gate.addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let served = tokio::time::timeout(Duration::from_secs(10), healthz(gate.addr))
+            .await
+            .expect("served while two idle connections held every slot");
+        assert_eq!(served, "HTTP/1.1 200 OK");
+        // The longest idle one made room: closed without a word.
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
+            .await
+            .expect("the oldest idle connection was closed");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+
+    /// Only while no connection is idle do new ones wait.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_while_none_is_idle() {
+        let upstream = slow_upstream(20_000, 10, Duration::from_millis(150)).await;
+        let gate = start(&format!("http://{upstream}"), |raw| {
+            raw.limits.max_connections = 2;
+        })
+        .await;
+        let token = pull_token(&gate.app);
+        let req = format!(
+            "GET /v2/a/blobs/{DIGEST} HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(gate.addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            busy.push(s);
+        }
         let third = tokio::spawn(healthz(gate.addr));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!third.is_finished(), "a third connection was served");
-        drop(first);
+        for mut s in busy {
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+        }
         let got = tokio::time::timeout(Duration::from_secs(5), third)
             .await
             .expect("served once a slot was free")
@@ -754,6 +1132,150 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An upstream that answers every request with 1 MiB and counts its
+    /// connections: open now and the most ever open at once. A connection
+    /// counts until the gate closes it.
+    async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (o, p) = (open.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut head = Vec::new();
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            head.clear();
+                            let len = 1 << 20;
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                            );
+                            if s.write_all(resp.as_bytes()).await.is_err()
+                                || s.write_all(&vec![b'x'; len]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open, peak)
+    }
+
+    /// Issue 17, finding 2: on the plain port (h2c with prior knowledge), one
+    /// connection opened 200 blob GETs with a zero flow-control window, and
+    /// each held an upstream connection past the stall timeout (still at
+    /// 150 s); six such connections exhausted a 1024-fd gate. Now a
+    /// connection has at most `max_streams_per_connection` streams, all
+    /// connections together at most `max_upstream_connections` upstream
+    /// connections (the rest: 503), and a response the client takes no byte
+    /// of for `body_stall_timeout` closes its connection, upstream ones
+    /// included. Scaled down: 2 connections x 12 requests, 8 streams each,
+    /// 12 upstream connections, a 2 s stall limit.
+    #[tokio::test]
+    async fn stuck_http2_streams_release_their_upstream_connections() {
+        let (upstream, open, peak) = counting_upstream().await;
+        let gate = start(&format!("http://{upstream}"), |raw| {
+            raw.limits.body_stall_timeout = Duration::from_secs(2);
+            raw.limits.max_streams_per_connection = 8;
+            raw.limits.max_upstream_connections = 12;
+            raw.upstream.connect_timeout = Duration::from_millis(200);
+        })
+        .await;
+        let token = pull_token(&gate.app);
+        let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel::<u16>();
+        let mut statuses = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(gate.addr).await.unwrap();
+            let (client, conn) = h2::client::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            conns.push(tokio::spawn(conn));
+            for _ in 0..12 {
+                let (client, token, status_tx) = (client.clone(), token.clone(), status_tx.clone());
+                statuses.push(tokio::spawn(async move {
+                    let mut client = client.ready().await.ok()?;
+                    let req = hyper::Request::get(format!("http://gate/v2/a/blobs/{DIGEST}"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(())
+                        .unwrap();
+                    let (resp, _) = client.send_request(req, true).ok()?;
+                    // The head arrives; the body never can (zero window).
+                    let resp = resp.await.ok()?;
+                    let _ = status_tx.send(resp.status().as_u16());
+                    // Keep the stream open, as the attacker did.
+                    let _body = resp.into_body();
+                    std::future::pending::<()>().await;
+                    Some(())
+                }));
+            }
+        }
+        // The upstream connections in use reach the total bound, never more.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while open.load(Ordering::SeqCst) < 12 {
+            assert!(
+                Instant::now() < deadline,
+                "open: {}",
+                open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Streams beyond the total bound are told 503 (after
+        // upstream.connect_timeout), not queued for ever.
+        let (mut ok, mut busy) = (0, 0);
+        while busy == 0 {
+            let status = tokio::time::timeout(Duration::from_secs(10), status_rx.recv())
+                .await
+                .expect("a stream beyond the upstream bound was answered")
+                .expect("status");
+            match status {
+                200 => ok += 1,
+                503 => busy += 1,
+                other => panic!("status {other}"),
+            }
+        }
+        assert!(ok <= 12, "{ok} streams got an upstream connection");
+        // Then every stuck response closes its connection, and the upstream
+        // connections go with it.
+        while open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "still open upstream: {}",
+                open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            peak.load(Ordering::SeqCst) <= 12,
+            "peak {}",
+            peak.load(Ordering::SeqCst)
+        );
+        for c in conns {
+            let ended = tokio::time::timeout(Duration::from_secs(10), c).await;
+            assert!(ended.is_ok(), "the gate kept a stuck connection open");
+        }
+        for s in statuses {
+            s.abort();
+        }
+        // The gate serves on.
+        assert_eq!(healthz(gate.addr).await, "HTTP/1.1 200 OK");
     }
 
     fn pull_token(app: &App) -> String {

@@ -21,7 +21,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::access::Endpoint;
 use crate::config::{LimitsConfig, UpstreamConfig};
@@ -42,6 +42,11 @@ pub enum UpstreamError {
     /// (from its `Content-Length`, or aborted once that many bytes passed).
     #[error("manifest larger than {0} bytes")]
     ManifestTooLarge(u64),
+    /// Every upstream connection the gate may use
+    /// (`limits.max_upstream_connections`) stayed busy for as long as a
+    /// connection may take to open.
+    #[error("all upstream connections busy")]
+    Busy,
 }
 
 /// Where the client thinks it is talking to, for the `X-Forwarded-*`
@@ -122,6 +127,11 @@ impl Upstream {
     /// The upstream of `[upstream]`, with the body limits of `[limits]`.
     pub fn from_config(upstream: &UpstreamConfig, limits: &LimitsConfig) -> Self {
         let mut u = Upstream::new(&upstream.url, &upstream.authority, upstream.connect_timeout);
+        u.pool = Arc::new(Pool::new(
+            &upstream.authority,
+            upstream.connect_timeout,
+            limits.max_upstream_connections,
+        ));
         u.response_header_timeout = upstream.response_header_timeout;
         u.body_stall_timeout = limits.body_stall_timeout;
         u.max_manifest_bytes = limits.max_manifest_bytes;
@@ -131,7 +141,7 @@ impl Upstream {
     /// An upstream with the default timeouts and limits.
     pub fn new(base: &str, authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
         Upstream {
-            pool: Arc::new(Pool::new(authority, connect_timeout)),
+            pool: Arc::new(Pool::new(authority, connect_timeout, DEFAULT_MAX_BUSY)),
             base: base.to_owned(),
             authority: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -308,7 +318,7 @@ impl Upstream {
             }
             tokio::time::sleep(self.response_header_timeout).await;
         };
-        let (resp, sender) = tokio::select! {
+        let (resp, sender, permit) = tokio::select! {
             r = response => r?,
             () = deadline => return Err(UpstreamError::Timeout),
         };
@@ -316,7 +326,7 @@ impl Upstream {
         strip(&mut parts.headers, stripped_response);
         self.rewrite_urls(&mut parts.headers, origin);
         let body = Stall::new(
-            Returning::new(incoming, sender, &self.pool),
+            Returning::new(incoming, sender, permit, &self.pool),
             self.body_stall_timeout,
         );
         Ok(Response::from_parts(parts, body::stream(body)))
@@ -395,6 +405,9 @@ fn parse_target(path_and_query: &str) -> Result<PathAndQuery, UpstreamError> {
 
 /// Idle connections kept at most (the most recently used ones).
 const POOL_MAX_IDLE: usize = 64;
+/// Upstream connections busy at once, unless configured
+/// (`limits.max_upstream_connections`).
+const DEFAULT_MAX_BUSY: usize = 1024;
 /// An idle connection older than this is closed rather than reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keep-alive probes on upstream connections start after this long.
@@ -415,6 +428,10 @@ struct Pool {
     port: u16,
     connect_timeout: Duration,
     idle: Mutex<Vec<IdleConn>>,
+    /// One permit per connection busy with a request (HTTP/2 clients can
+    /// have many requests each): held from before the request is sent
+    /// until its response body is read or dropped.
+    busy: Arc<Semaphore>,
 }
 
 struct IdleConn {
@@ -434,7 +451,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A pool of connections to `authority` (the upstream URL's, as the
     /// config resolved it).
-    fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
+    fn new(authority: &http::uri::Authority, connect_timeout: Duration, max_busy: usize) -> Self {
         let host = authority.host();
         let host = host
             .strip_prefix('[')
@@ -447,6 +464,7 @@ impl Pool {
             port,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            busy: Arc::new(Semaphore::new(max_busy.max(1))),
         }
     }
 
@@ -455,7 +473,13 @@ impl Pool {
     async fn send(
         &self,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, SendRequest<Body>), UpstreamError> {
+    ) -> Result<(Response<Incoming>, SendRequest<Body>, OwnedSemaphorePermit), UpstreamError> {
+        // Waiting for a busy connection to be free is bounded like opening
+        // one: the client hears 503 rather than waiting on.
+        let permit = tokio::time::timeout(self.connect_timeout, self.busy.clone().acquire_owned())
+            .await
+            .map_err(|_| UpstreamError::Busy)?
+            .map_err(|_| UpstreamError::Busy)?;
         while let Some(mut sender) = self.checkout() {
             // Just read to its end: ready at once, or within a poll of its
             // connection task; an error means the upstream closed it.
@@ -463,7 +487,7 @@ impl Pool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sender)),
+                Ok(resp) => return Ok((resp, sender, permit)),
                 // Closed by the upstream before the request went out: the
                 // request comes back unsent and goes to another connection.
                 Err(mut e) => match e.take_message() {
@@ -477,7 +501,7 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
-        Ok((resp, sender))
+        Ok((resp, sender, permit))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
@@ -548,14 +572,20 @@ impl Pool {
 /// once read to its end (not when dropped early: that connection closes).
 struct Returning {
     inner: Incoming,
-    sender: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// The connection, its pool, and its busy permit (released with it).
+    sender: Option<(SendRequest<Body>, Arc<Pool>, OwnedSemaphorePermit)>,
 }
 
 impl Returning {
-    fn new(inner: Incoming, sender: SendRequest<Body>, pool: &Arc<Pool>) -> Self {
+    fn new(
+        inner: Incoming,
+        sender: SendRequest<Body>,
+        permit: OwnedSemaphorePermit,
+        pool: &Arc<Pool>,
+    ) -> Self {
         let mut body = Returning {
             inner,
-            sender: Some((sender, pool.clone())),
+            sender: Some((sender, pool.clone(), permit)),
         };
         if body.inner.is_end_stream() {
             body.done();
@@ -564,7 +594,7 @@ impl Returning {
     }
 
     fn done(&mut self) {
-        if let Some((sender, pool)) = self.sender.take() {
+        if let Some((sender, pool, _permit)) = self.sender.take() {
             pool.checkin(sender);
         }
     }

@@ -311,6 +311,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// CPU time (user + system) the process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The fields after the command name, which ends at the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect(")") + 2..].split(' ').collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a system constant.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("clock ticks");
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 /// A fresh upstream registry and a gate in front of it.
 /// Field order matters: the gate is dropped (stopped) before the registry.
 pub struct Stack {

@@ -180,7 +180,10 @@ impl Authenticators {
                 None => Ok(None),
             };
         }
-        if self.static_users.contains(account) {
+        // Without LDAP, an unknown account takes the static path too: its
+        // password is checked against a dummy hash (and the rejection is
+        // cached), so it costs what a static account's wrong password does.
+        if self.static_users.contains(account) || self.ldap.is_none() {
             let users = &self.static_users;
             return self
                 .static_cache
@@ -188,8 +191,18 @@ impl Authenticators {
                 .await;
         }
         if let Some((ldap, cache)) = &self.ldap {
+            // A rejection costs the bcrypt check a static account's would
+            // (no enumeration of static accounts by timing); inside the
+            // cache, so that cached rejections are equally cheap both ways.
+            let users = &self.static_users;
             return cache
-                .authenticate(account, password, || ldap.authenticate(account, password))
+                .authenticate(account, password, || async {
+                    let r = ldap.authenticate(account, password).await;
+                    if matches!(r, Ok(None)) {
+                        users.equal_work(password).await;
+                    }
+                    r
+                })
                 .await;
         }
         // Deny by default: no backend knows the account.

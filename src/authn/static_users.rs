@@ -34,13 +34,48 @@ pub fn with_example_passwords(users: &BTreeMap<String, StaticUser>) -> Vec<&'sta
 #[derive(Debug, Clone, Default)]
 pub struct StaticUsers {
     users: Arc<BTreeMap<String, StaticUser>>,
+    /// What an unknown account's password is checked against: a hash of
+    /// the highest bcrypt cost among the users' (`DUMMY_HASH` when that is
+    /// its cost, or there are no users), so that an unknown account costs
+    /// at least what a known one does.
+    dummy: Option<Arc<str>>,
 }
 
 impl StaticUsers {
     pub fn new(users: BTreeMap<String, StaticUser>) -> Self {
+        let dummy_cost = DUMMY_HASH
+            .parse::<bcrypt::HashParts>()
+            .map(|h| h.get_cost());
+        let cost = users
+            .values()
+            .filter_map(|u| u.password_hash.expose().parse::<bcrypt::HashParts>().ok())
+            .map(|h| h.get_cost())
+            .max();
+        let dummy = match (cost, dummy_cost) {
+            (Some(c), Ok(d)) if c != d => {
+                let random: [u8; 16] = rand::random();
+                bcrypt::hash(random, c).ok().map(Arc::from)
+            }
+            _ => None,
+        };
         StaticUsers {
             users: Arc::new(users),
+            dummy,
         }
+    }
+
+    fn dummy_hash(&self) -> String {
+        self.dummy.as_deref().unwrap_or(DUMMY_HASH).to_owned()
+    }
+
+    /// The work a wrong password for a static account costs (one bcrypt
+    /// check), done for nothing: with LDAP configured, a rejected LDAP or
+    /// unknown account costs it too, so static accounts cannot be told
+    /// apart by timing.
+    pub async fn equal_work(&self, password: &Secret) {
+        let hash = self.dummy_hash();
+        let password = password.clone();
+        let _ = tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash)).await;
     }
 
     /// True when the account is a static one: then only this backend decides
@@ -68,9 +103,10 @@ impl StaticUsers {
         password: &Secret,
     ) -> Result<Option<Identity>, AuthnError> {
         let user = self.users.get(account);
-        let hash = user
-            .map_or(DUMMY_HASH, |u| u.password_hash.expose())
-            .to_owned();
+        let hash = user.map_or_else(
+            || self.dummy_hash(),
+            |u| u.password_hash.expose().to_owned(),
+        );
         let password = password.clone();
         let matches = tokio::task::spawn_blocking(move || {
             bcrypt::verify(password.expose(), &hash).unwrap_or(false)

@@ -91,6 +91,9 @@ pub struct RawMetrics {
     /// not on the main listener; absent: on the main listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// On the main listener, serve `/metrics` to callers on other hosts
+    /// too; default: only to callers on this host (loopback).
+    pub public: bool,
 }
 
 impl Default for RawMetrics {
@@ -98,6 +101,7 @@ impl Default for RawMetrics {
         RawMetrics {
             enabled: true,
             listen: None,
+            public: false,
         }
     }
 }
@@ -272,6 +276,20 @@ pub struct RawLimits {
     /// On SIGTERM, how long in-flight requests may run on.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most connections from one client address (IPv6: one /64) at once;
+    /// 0: no limit. Connections beyond it are closed at once.
+    pub max_connections_per_address: usize,
+    /// A new connection must send the first byte of its first request (or
+    /// of its TLS handshake) within this time.
+    #[serde(with = "humantime_serde")]
+    pub first_request_timeout: Duration,
+    /// Most concurrent HTTP/2 streams (requests) on one connection, and so
+    /// upstream connections one client connection can use.
+    pub max_streams_per_connection: u32,
+    /// Most upstream connections busy with a request at once, whichever
+    /// clients they serve; more requests wait for one (up to
+    /// `upstream.connect_timeout`, then 503).
+    pub max_upstream_connections: usize,
 }
 
 impl Default for RawLimits {
@@ -285,6 +303,10 @@ impl Default for RawLimits {
             max_connections: 1024,
             body_stall_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections_per_address: 128,
+            first_request_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 32,
+            max_upstream_connections: 1024,
         }
     }
 }

@@ -107,6 +107,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub body_stall_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub max_connections_per_address: usize,
+    pub first_request_timeout: Duration,
+    pub max_streams_per_connection: u32,
+    pub max_upstream_connections: usize,
 }
 
 /// The resolved `[tokens]` section (see `RawTokens`).
@@ -286,6 +290,10 @@ impl Config {
                 max_connections: raw.limits.max_connections,
                 body_stall_timeout: raw.limits.body_stall_timeout,
                 shutdown_timeout: raw.limits.shutdown_timeout,
+                max_connections_per_address: raw.limits.max_connections_per_address,
+                first_request_timeout: raw.limits.first_request_timeout,
+                max_streams_per_connection: raw.limits.max_streams_per_connection,
+                max_upstream_connections: raw.limits.max_upstream_connections,
             },
             ratelimit: ThrottleConfig::from(&raw.ratelimit),
             store,
@@ -360,6 +368,7 @@ fn limits_checks(raw: &RawConfig) -> Vec<ConfigError> {
     positive("limits.header_read_timeout", l.header_read_timeout);
     positive("limits.idle_timeout", l.idle_timeout);
     positive("limits.body_stall_timeout", l.body_stall_timeout);
+    positive("limits.first_request_timeout", l.first_request_timeout);
     positive("upstream.connect_timeout", raw.upstream.connect_timeout);
     positive(
         "upstream.response_header_timeout",
@@ -386,6 +395,18 @@ fn limits_checks(raw: &RawConfig) -> Vec<ConfigError> {
     if !(1..=MAX_CONNECTIONS).contains(&l.max_connections) {
         errors.push(ConfigError::new(
             "limits.max_connections",
+            format!("must be between 1 and {MAX_CONNECTIONS}"),
+        ));
+    }
+    if !(1..=1000).contains(&l.max_streams_per_connection) {
+        errors.push(ConfigError::new(
+            "limits.max_streams_per_connection",
+            "must be between 1 and 1000",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&l.max_upstream_connections) {
+        errors.push(ConfigError::new(
+            "limits.max_upstream_connections",
             format!("must be between 1 and {MAX_CONNECTIONS}"),
         ));
     }

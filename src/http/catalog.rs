@@ -2,18 +2,26 @@
 //! ACL lets them pull. Token servers cannot do this (they grant
 //! `registry:catalog:*` or not); a proxy in the data path can.
 //!
-//! Pagination keeps working: we page through the upstream until we have `n`
-//! visible names (or it runs out), and hand back a `Link` whose `last` is the
-//! last name we returned, which the upstream's lexical paging accepts.
+//! The names come from the shared, briefly cached listing of the upstream
+//! ([`crate::listing`]): a request costs no upstream request of its own
+//! (at most one listing read every few seconds for all callers), and an
+//! in-memory pass over at most 100,000 names.
+//!
+//! Pagination as distribution does it (`n`, `last`, `Link`), with one
+//! difference that matters: the `Link` cursor is always the last name
+//! *returned* on the page, a name the caller may see. It used to be the
+//! last name the gate looked at, which could be a hidden one; and since
+//! `last` is the client's to choose, that let a caller bisect for hidden
+//! names. The answer to any `last` depends on the visible names alone.
 
 use http::{HeaderValue, Response, StatusCode, header};
-use serde::Deserialize;
 
-use super::body::{self, Body};
+use super::Conn;
+use super::body::Body;
 use super::errors::{ApiError, ErrorCode, json_response};
-use super::{Conn, registry::upstream_error};
 use crate::app::App;
 use crate::authz::Subject;
+use crate::listing::ListingError;
 use crate::permit::Permit;
 use crate::scope::{Action, Scope};
 use crate::upstream::Origin;
@@ -21,20 +29,9 @@ use crate::upstream::Origin;
 /// distribution's default page size.
 const DEFAULT_PAGE: usize = 100;
 /// distribution's largest page (`catalog.maxentries`, default 1000): a
-/// larger `n` is 400 `PAGINATION_NUMBER_INVALID` there and here, and the
-/// gate never asks the upstream for more.
+/// larger `n` is 400 `PAGINATION_NUMBER_INVALID` there and here (never a
+/// 502), and the gate never asks the upstream for more.
 pub const MAX_PAGE: usize = 1000;
-/// Upstream pages fetched for one client page at most: a user who may see
-/// few of many repositories gets short pages rather than a slow answer.
-const MAX_UPSTREAM_PAGES: usize = 50;
-/// Upstream catalog pages larger than this are refused.
-const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
-
-#[derive(Deserialize)]
-struct Page {
-    #[serde(default)]
-    repositories: Vec<String>,
-}
 
 pub async fn serve(
     app: &App,
@@ -43,7 +40,7 @@ pub async fn serve(
     origin: &Origin,
     conn: Conn,
 ) -> Result<Response<Body>, ApiError> {
-    let (want, mut cursor) = params(query)?;
+    let (want, last) = params(query)?;
     if want == 0 {
         // distribution answers `n=0` with an empty page.
         let body = serde_json::json!({ "repositories": [] }).to_string();
@@ -56,45 +53,49 @@ pub async fn serve(
         ip: Some(conn.peer.ip()),
         service: &claims.aud,
     };
-    let mut visible = Vec::new();
-    let mut more = false;
-    for _ in 0..MAX_UPSTREAM_PAGES {
-        let (names, upstream_more) = fetch(
-            app,
-            want.clamp(DEFAULT_PAGE, MAX_PAGE),
-            cursor.as_deref(),
-            origin,
-        )
-        .await?;
-        let mut consumed_all = true;
-        for name in &names {
-            if visible.len() == want {
-                consumed_all = false;
-                break;
-            }
-            cursor = Some(name.clone());
-            let scope = Scope::repository(name, [Action::Pull]);
-            // A robot's or personal token's scopes bound the listing too.
-            if app.acl.allows(&subject, &scope)
-                && claims.restrict.as_ref().is_none_or(|r| r.allows(&scope))
-            {
-                visible.push(name.clone());
-            }
-        }
-        more = upstream_more || !consumed_all;
-        if visible.len() == want || !upstream_more || names.is_empty() {
-            break;
-        }
-    }
-    let body = serde_json::json!({ "repositories": visible }).to_string();
-    let mut resp = json_response(StatusCode::OK, body);
-    if more && let Some(last) = &cursor {
+    let listing = app
+        .listing
+        .get(&app.upstream, origin)
+        .await
+        .map_err(listing_error)?;
+    let (visible, more) = page(listing.after(last.as_deref()), want, |name| {
+        let scope = Scope::repository(name, [Action::Pull]);
+        // A robot's or personal token's scopes bound the listing too.
+        app.acl.allows(&subject, &scope)
+            && claims.restrict.as_ref().is_none_or(|r| r.allows(&scope))
+    });
+    let mut resp = json_response(
+        StatusCode::OK,
+        serde_json::json!({ "repositories": visible }).to_string(),
+    );
+    if more && let Some(last) = visible.last() {
         let link = format!("</v2/_catalog?last={last}&n={want}>; rel=\"next\"");
         if let Ok(v) = HeaderValue::from_str(&link) {
             resp.headers_mut().insert(header::LINK, v);
         }
     }
     Ok(resp)
+}
+
+/// Up to `want` of `names` that are `visible`, and whether another
+/// visible one follows them.
+fn page(names: &[String], want: usize, visible: impl Fn(&str) -> bool) -> (Vec<&str>, bool) {
+    let mut out = Vec::new();
+    for name in names.iter().filter(|n| visible(n)) {
+        if out.len() == want {
+            return (out, true);
+        }
+        out.push(name.as_str());
+    }
+    (out, false)
+}
+
+fn listing_error(e: ListingError) -> ApiError {
+    ApiError::new(match e {
+        ListingError::Timeout => ErrorCode::UpstreamTimeout,
+        ListingError::Unreachable(_) => ErrorCode::UpstreamError,
+        ListingError::Refused(_) => ErrorCode::UpstreamRefused,
+    })
 }
 
 /// `n` and `last` from the client's query, read as distribution reads them
@@ -124,41 +125,29 @@ fn params(query: Option<&str>) -> Result<(usize, Option<String>), ApiError> {
     Ok((want, last.filter(|l| !l.is_empty())))
 }
 
-/// One upstream page and whether the upstream says there is more.
-async fn fetch(
-    app: &App,
-    n: usize,
-    last: Option<&str>,
-    origin: &Origin,
-) -> Result<(Vec<String>, bool), ApiError> {
-    let mut pq = format!("/v2/_catalog?n={n}");
-    if let Some(last) = last {
-        pq.push_str("&last=");
-        pq.extend(form_urlencoded::byte_serialize(last.as_bytes()));
-    }
-    let resp = app
-        .upstream
-        .get(&pq, origin)
-        .await
-        .map_err(upstream_error)?;
-    if !resp.status().is_success() {
-        tracing::error!(status = %resp.status(), "upstream catalog failed");
-        return Err(ApiError::new(ErrorCode::UpstreamError));
-    }
-    let more = resp.headers().contains_key(header::LINK);
-    let bytes = body::collect_limited(resp.into_body(), MAX_UPSTREAM_BODY)
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::UpstreamError))?;
-    let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
-        tracing::error!(error = %e, "upstream catalog is not JSON");
-        ApiError::new(ErrorCode::UpstreamError)
-    })?;
-    Ok((page.repositories, more))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages hold only visible names, and "more" says only whether another
+    /// visible name follows, however many hidden ones lie between.
+    #[test]
+    fn pages_hold_and_announce_only_visible_names() {
+        let names: Vec<String> = ["a/1", "h/1", "h/2", "a/2", "h/3", "a/3"]
+            .map(String::from)
+            .to_vec();
+        let visible = |n: &str| n.starts_with("a/");
+        let cases: [(usize, &[&str], bool); 4] = [
+            (1, &["a/1"], true),
+            (2, &["a/1", "a/2"], true),
+            (3, &["a/1", "a/2", "a/3"], false),
+            (10, &["a/1", "a/2", "a/3"], false),
+        ];
+        for (want, names_out, more) in cases {
+            assert_eq!(page(&names, want, visible), (names_out.to_vec(), more));
+        }
+        assert_eq!(page(&names, 5, |_| false), (vec![], false));
+    }
 
     /// `n` and `last` as distribution reads them.
     #[test]

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     ManifestTooLarge,
     Unavailable,
     UpstreamError,
+    /// The upstream answered, but not with what the gate asked for (an
+    /// error status, or a body it cannot use): never "could not be reached".
+    UpstreamRefused,
     UpstreamTimeout,
     Internal,
 }
@@ -112,6 +115,11 @@ impl ErrorCode {
                 "UNAVAILABLE",
                 StatusCode::BAD_GATEWAY,
                 "the upstream registry could not be reached",
+            ),
+            UpstreamRefused => (
+                "UNAVAILABLE",
+                StatusCode::BAD_GATEWAY,
+                "the upstream registry refused the request or answered unusably",
             ),
             UpstreamTimeout => (
                 "UNAVAILABLE",

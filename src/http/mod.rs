@@ -159,7 +159,14 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         return Ok((errors::json_response(StatusCode::OK, body), None));
     }
     let metrics = &app.config.raw.metrics;
-    if path == "/metrics" && is_get && metrics.enabled && metrics.listen.is_none() {
+    // On the main listener, counters are for this host's callers unless
+    // `[metrics] public` says otherwise; others get the 404 of any unknown path.
+    if path == "/metrics"
+        && is_get
+        && metrics.enabled
+        && metrics.listen.is_none()
+        && (metrics.public || is_local(conn.peer.ip()))
+    {
         return Ok((metrics_response(app), None));
     }
     if path == "/readyz" && is_get {
@@ -170,7 +177,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = serde_json::to_string(&r).unwrap_or_default();
+        let body = readiness_body(&r, is_local(conn.peer.ip()));
         return Ok((errors::json_response(status, body), None));
     }
     // The web UI: a browser opening `/` is sent to `/ui/`.
@@ -178,6 +185,35 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
         return Ok(Box::pin(crate::ui::handle(app, req, conn)).await);
     }
     Err(ApiError::new(ErrorCode::NotFound))
+}
+
+/// Whether a caller connects from this host (loopback, also as an
+/// IPv4-mapped IPv6 address).
+pub fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// The `/readyz` body. A failing check's detail (an upstream address, an
+/// LDAP URL and its error) is told only to callers on this host and on the
+/// metrics listener (`detailed`); others learn which check fails, not why.
+/// The detail is always in the log (`health`).
+pub fn readiness_body(r: &crate::health::Readiness, detailed: bool) -> String {
+    if detailed {
+        return serde_json::to_string(r).unwrap_or_default();
+    }
+    let plain = |s: &str| if s == "ok" { "ok" } else { "unavailable" };
+    let mut v = serde_json::json!({
+        "ready": r.ready,
+        "upstream": plain(&r.upstream),
+        "signing_key": plain(&r.signing_key),
+    });
+    if let Some(ldap) = &r.ldap {
+        v["ldap"] = plain(ldap).into();
+    }
+    if let Some(store) = &r.store {
+        v["store"] = plain(store).into();
+    }
+    v.to_string()
 }
 
 /// Whether a request's head (request line and header fields, as sent)
@@ -245,6 +281,41 @@ mod tests {
             .unwrap();
         assert!(!super::head_too_large(&req, head.len()));
         assert!(super::head_too_large(&req, head.len() - 1));
+    }
+
+    /// Issue 17, finding 9: `/readyz` told anyone the upstream's address
+    /// and the LDAP URL. Remote callers get "unavailable"; callers on this
+    /// host (and the metrics listener) the detail.
+    #[test]
+    fn readiness_details_only_for_local_callers() {
+        use crate::health::Readiness;
+        let down = Readiness {
+            ready: false,
+            upstream: "connecting to 10.1.2.3:5001: Connection refused".into(),
+            ldap: Some("no LDAP server reachable (ldaps://ldap.internal)".into()),
+            signing_key: "ok".into(),
+            store: Some("store unavailable: postgres://gate:***@db.internal/rg".into()),
+        };
+        let remote = super::readiness_body(&down, false);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&remote).unwrap(),
+            serde_json::json!({"ready": false, "upstream": "unavailable",
+                "ldap": "unavailable", "signing_key": "ok", "store": "unavailable"})
+        );
+        let local = super::readiness_body(&down, true);
+        assert!(local.contains("10.1.2.3:5001") && local.contains("ldap.internal"));
+        for (ip, local) in [
+            ("127.0.0.1", true),
+            ("127.9.9.9", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.7", false),
+            ("10.0.0.1", false),
+            ("::ffff:10.0.0.1", false),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(super::is_local(ip.parse().unwrap()), local, "{ip}");
+        }
     }
 
     #[test]

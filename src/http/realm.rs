@@ -224,7 +224,10 @@ pub(crate) async fn login(
     };
     match result {
         Ok(Some(identity)) => {
-            app.throttle.record_success(account, ip);
+            // Throttled on the canonical account too, whatever spelling
+            // found it.
+            let vouched = app.throttle.vouched(account, &identity.account, ip);
+            throttled(app, Some(&identity.account), conn, vouched)?;
             Ok(identity)
         }
         Ok(None) => {
@@ -273,7 +276,22 @@ pub(crate) async fn logged_out(
 /// 429 when failed logins from this address (or for this account) are
 /// being backed off; the credentials are then not even looked at.
 fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
-    app.throttle.check(account, conn.peer.ip()).map_err(|t| {
+    throttled(
+        app,
+        account,
+        conn,
+        app.throttle.check(account, conn.peer.ip()),
+    )
+}
+
+/// A throttle decision as the realm answers it (429, metric, audit).
+fn throttled(
+    app: &App,
+    account: Option<&str>,
+    conn: Conn,
+    decision: Result<(), crate::ratelimit::Throttled>,
+) -> Result<(), ApiError> {
+    decision.map_err(|t| {
         app.metrics.login_throttled(t.limited.as_str());
         app.audit.record(Event::LoginThrottled {
             account: account.unwrap_or("").to_owned(),
@@ -321,9 +339,14 @@ async fn parse_post(req: Request<Incoming>) -> Result<TokenRequest, ApiError> {
             )
         })?
         .to_bytes();
+    parse_form(&form)
+}
+
+/// The fields of a token POST form (oauth.md).
+fn parse_form(form: &[u8]) -> Result<TokenRequest, ApiError> {
     let mut tr = TokenRequest::default();
     let (mut grant, mut username, mut password, mut refresh) = (None, None, None, None);
-    for (k, v) in form_urlencoded::parse(&form) {
+    for (k, v) in form_urlencoded::parse(form) {
         match &*k {
             "grant_type" => grant = Some(v.into_owned()),
             "service" => tr.service = Some(v.into_owned()),
@@ -336,6 +359,16 @@ async fn parse_post(req: Request<Incoming>) -> Result<TokenRequest, ApiError> {
         }
     }
     tr.credentials = match (grant.as_deref(), username, password, refresh) {
+        // The same check as a Basic header's account (`parse_basic`): a
+        // name no backend could hold is never counted, cached or logged.
+        (Some("password"), Some(account), Some(_), _)
+            if !crate::authn::acceptable_account(&account) =>
+        {
+            return Err(ApiError::detail(
+                ErrorCode::BadRequest,
+                "malformed username",
+            ));
+        }
         (Some("password"), Some(account), Some(password), _) => {
             Credentials::Password { account, password }
         }
@@ -437,6 +470,41 @@ mod tests {
         }
         let lower = HeaderValue::from_str(&format!("basic {}", STANDARD.encode("u:p"))).unwrap();
         assert!(parse_basic(&lower).is_ok());
+    }
+
+    /// Issue 17, finding 8: a form's `username` gets the Basic path's
+    /// checks (length, control characters), so it is never counted by the
+    /// throttle, cached or written to the audit log.
+    #[test]
+    fn form_usernames_get_the_basic_checks() {
+        let form = |user: &str| {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.append_pair("grant_type", "password")
+                .append_pair("service", "s")
+                .append_pair("username", user)
+                .append_pair("password", "p");
+            f.finish()
+        };
+        let long = "a".repeat(63 * 1024);
+        for bad in [
+            "",
+            "a\nb",
+            "a\0b",
+            "a\u{7f}",
+            long.as_str(),
+            &"a".repeat(257),
+        ] {
+            assert!(parse_form(form(bad).as_bytes()).is_err(), "{bad:?}");
+            // The Basic path refuses the same names.
+            assert!(parse_basic(&basic(&format!("{bad}:p"))).is_err(), "{bad:?}");
+        }
+        for good in ["mozart", "jürgen.müller@example.com", &"a".repeat(256)] {
+            let tr = parse_form(form(good).as_bytes()).unwrap();
+            assert!(
+                matches!(&tr.credentials, Credentials::Password { account, .. } if account == good),
+                "{good:?}"
+            );
+        }
     }
 
     #[test]

@@ -135,10 +135,15 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         Ok(_) => app.metrics.upstream_response(started.elapsed()),
         Err(UpstreamError::Timeout) => app.metrics.upstream_error("timeout"),
         Err(UpstreamError::Unreachable(_)) => app.metrics.upstream_error("unreachable"),
+        Err(UpstreamError::Busy) => app.metrics.upstream_error("busy"),
         Err(_) => {}
     }
     if let Some(action) = write {
         let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+        if (200..300).contains(&status) {
+            // The repository list may have changed: read it afresh.
+            app.listing.invalidate();
+        }
         app.audit.record(Event::UpstreamWrite {
             account: permit.account().to_owned(),
             client: conn.peer.ip(),
@@ -231,6 +236,10 @@ pub fn upstream_error(e: UpstreamError) -> ApiError {
     tracing::error!(error = %e, "upstream request failed");
     match e {
         UpstreamError::Timeout => ApiError::new(ErrorCode::UpstreamTimeout),
+        UpstreamError::Busy => ApiError::detail(
+            ErrorCode::Unavailable,
+            "all upstream connections are busy, try again later",
+        ),
         _ => ApiError::new(ErrorCode::UpstreamError),
     }
 }

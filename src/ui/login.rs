@@ -29,7 +29,7 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
     if !crate::authn::acceptable_account(account) {
         return Outcome::BadCredentials;
     }
-    if let Err(t) = app.throttle.check(Some(account), client) {
+    let throttled = |account: &str, t: crate::ratelimit::Throttled| {
         app.metrics.login_throttled(t.limited.as_str());
         app.audit.record(Event::LoginThrottled {
             account: account.to_owned(),
@@ -37,7 +37,10 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
             limited: t.limited.as_str(),
             retry_after_ms: t.retry_after.as_millis() as u64,
         });
-        return Outcome::Throttled(t.retry_after);
+        Outcome::Throttled(t.retry_after)
+    };
+    if let Err(t) = app.throttle.check(Some(account), client) {
+        return throttled(account, t);
     }
     match app.authn.authenticate(account, password).await {
         // A robot's or personal token's secret does not open the UI: a
@@ -53,7 +56,10 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
             Outcome::BadCredentials
         }
         Ok(Some(identity)) => {
-            app.throttle.record_success(account, client);
+            // The canonical account's back-off holds whatever spelling found it.
+            if let Err(t) = app.throttle.vouched(account, &identity.account, client) {
+                return throttled(&identity.account, t);
+            }
             app.audit.record(Event::UiLogin {
                 account: identity.account.clone(),
                 backend: identity.backend.as_str(),

@@ -65,10 +65,14 @@ pub struct UiState {
     pub(crate) revoked: moka::sync::Cache<String, ()>,
     /// (account, backend) -> identity, so the ACL sees current labels.
     pub(crate) identities: moka::future::Cache<(String, String), Identity>,
-    /// Image configs by digest (immutable).
-    pub(crate) configs: moka::sync::Cache<String, Arc<ImageConfig>>,
-    /// Manifest summaries by digest (immutable).
-    pub(crate) summaries: moka::sync::Cache<String, Arc<Summary>>,
+    /// Image configs by (repository, digest): content is immutable, but a
+    /// digest proves nothing about where it is stored (a manifest may name
+    /// another repository's config, e.g. with `urls`), so a cached config
+    /// answers only for the repository it was read from, whose pull the
+    /// viewer's `Granted` proves.
+    pub(crate) configs: moka::sync::Cache<(String, String), Arc<ImageConfig>>,
+    /// Manifest summaries by (repository, digest), for the same reason.
+    pub(crate) summaries: moka::sync::Cache<(String, String), Arc<Summary>>,
 }
 
 impl Default for UiState {

@@ -83,39 +83,33 @@ impl Granted {
 }
 
 /// The repositories `subject` may pull, sorted; and whether the upstream
-/// catalog was longer than we read.
+/// catalog was longer than we read. From the shared listing
+/// ([`crate::listing`]): no upstream request of its own.
 pub async fn visible_repositories(
     app: &App,
     subject: &Subject<'_>,
     origin: &Origin,
 ) -> Result<(Vec<String>, bool), UiError> {
-    let mut visible = Vec::new();
-    let mut last: Option<String> = None;
-    for _ in 0..MAX_LIST_PAGES {
-        let mut pq = format!("/v2/_catalog?n={LIST_PAGE}");
-        if let Some(last) = &last {
-            pq.push_str("&last=");
-            pq.extend(form_urlencoded::byte_serialize(last.as_bytes()));
-        }
-        let (names, more) = list_page(app, &pq, origin, "repositories").await?;
-        for name in &names {
-            if app
-                .acl
+    let listing = app
+        .listing
+        .get(&app.upstream, origin)
+        .await
+        .map_err(|e| match e {
+            crate::listing::ListingError::Refused(why) => {
+                UiError::Upstream(format!("the upstream registry refused the listing ({why})"))
+            }
+            _ => UiError::Upstream("the upstream registry is unreachable".into()),
+        })?;
+    let visible = listing
+        .names
+        .iter()
+        .filter(|name| {
+            app.acl
                 .allows(subject, &Scope::repository(name, [Action::Pull]))
-            {
-                visible.push(name.clone());
-            }
-        }
-        match names.last() {
-            Some(name) if more => last = Some(name.clone()),
-            _ => {
-                visible.sort();
-                return Ok((visible, false));
-            }
-        }
-    }
-    visible.sort();
-    Ok((visible, true))
+        })
+        .cloned()
+        .collect();
+    Ok((visible, listing.truncated))
 }
 
 /// Every tag of the repository (upstream order), and whether there were more
@@ -410,14 +404,18 @@ pub fn parse_manifest(
     })
 }
 
-/// Fetches and parses an image config blob (cached by digest: immutable).
+/// Fetches and parses an image config blob of `g`'s repository (cached by
+/// repository and digest).
 pub async fn config(
     app: &App,
     g: &Granted,
     digest: &str,
     origin: &Origin,
 ) -> Result<Arc<ImageConfig>, UiError> {
-    if let Some(c) = app.ui.configs.get(digest) {
+    // Keyed by repository too: only content read from `g`'s repository
+    // answers for it (issue 17, finding 1).
+    let key = (g.name.clone(), digest.to_owned());
+    if let Some(c) = app.ui.configs.get(&key) {
         return Ok(c);
     }
     if !crate::access::is_valid_digest(digest) {
@@ -448,7 +446,7 @@ pub async fn config(
     let config: ImageConfig = serde_json::from_slice(&bytes)
         .map_err(|_| UiError::Upstream("the config blob is not an image config".into()))?;
     let config = Arc::new(config);
-    app.ui.configs.insert(digest.to_owned(), config.clone());
+    app.ui.configs.insert(key, config.clone());
     Ok(config)
 }
 
@@ -467,7 +465,8 @@ pub struct Summary {
 /// The summary of `m` (fetching index children and configs as needed).
 /// Failures of children degrade to missing fields, never to an error page.
 pub async fn summary(app: &App, g: &Granted, m: &Manifest, origin: &Origin) -> Arc<Summary> {
-    if let Some(s) = app.ui.summaries.get(&m.digest) {
+    let key = (g.name.clone(), m.digest.clone());
+    if let Some(s) = app.ui.summaries.get(&key) {
         return s;
     }
     let s = if m.is_index() {
@@ -517,7 +516,7 @@ pub async fn summary(app: &App, g: &Granted, m: &Manifest, origin: &Origin) -> A
         };
         Arc::new(image_summary(m, config.as_deref()))
     };
-    app.ui.summaries.insert(m.digest.clone(), s.clone());
+    app.ui.summaries.insert(key, s.clone());
     s
 }
 
@@ -801,6 +800,9 @@ pub async fn delete(
         .request(Method::DELETE, &pq, None, origin)
         .await;
     let status = result.as_ref().map_or(502, |r| r.status().as_u16());
+    if (200..300).contains(&status) {
+        app.listing.invalidate();
+    }
     app.audit.record(Event::UpstreamWrite {
         account: account.to_owned(),
         client: origin.client_ip,

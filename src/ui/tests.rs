@@ -846,3 +846,109 @@ async fn activity_survives_a_reload() {
     let html = g.get("/ui/activity", "").await.text().await.unwrap();
     assert!(activity_rows(&html).is_empty(), "{html}");
 }
+
+/// Issue 17, finding 1: an upstream where `closed/secret:v1` has a config
+/// blob holding a secret, and `open/lure:v1` (pushable by an attacker) is a
+/// manifest naming that same config digest with a `urls` entry, which
+/// distribution 2.8 accepts without the blob: `open/lure` does not hold it
+/// (its blob GET is 404).
+async fn lure_upstream() -> SocketAddr {
+    const SECRET_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["SECRET_TOKEN=hunter2"],"Labels":{"secret.label":"classified"}}}"#;
+    let config = sha256_digest(SECRET_CONFIG.as_bytes());
+    let manifest = |urls: bool| {
+        let urls = if urls {
+            r#","urls":["https://example.com/x"]"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}{urls}}},"layers":[]}}"#,
+            SECRET_CONFIG.len()
+        )
+    };
+    let (secret, lure) = (manifest(false), manifest(true));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (config, secret, lure) = (config.clone(), secret.clone(), lure.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    let reply = |status: u16, ct: &str, body: String| {
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", ct)
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap()
+                    };
+                    let json = "application/json";
+                    let oci = "application/vnd.oci.image.manifest.v1+json";
+                    let resp = match path.as_str() {
+                        "/v2/_catalog" => reply(
+                            200,
+                            json,
+                            r#"{"repositories":["closed/secret","open/lure"]}"#.into(),
+                        ),
+                        "/v2/closed/secret/tags/list" | "/v2/open/lure/tags/list" => {
+                            reply(200, json, r#"{"tags":["v1"]}"#.into())
+                        }
+                        "/v2/closed/secret/manifests/v1" => reply(200, oci, secret.clone()),
+                        "/v2/open/lure/manifests/v1" => reply(200, oci, lure.clone()),
+                        p if p == format!("/v2/closed/secret/blobs/{config}") => {
+                            reply(200, "application/octet-stream", SECRET_CONFIG.into())
+                        }
+                        _ => reply(404, json, r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#.into()),
+                    };
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Finding 1: the UI cached image configs (and manifest summaries) by
+/// digest alone, so once alice had viewed `closed/secret`, bob's view of
+/// `open/lure` showed its environment and labels from the cache. A cached
+/// config answers only for the repository it was read from.
+#[tokio::test]
+async fn cached_configs_answer_only_for_the_repository_they_came_from() {
+    let upstream = lure_upstream().await;
+    let store = tempfile::tempdir().unwrap();
+    let raw: RawConfig = toml::from_str(&config_text(upstream, store.path())).unwrap();
+    let app = Arc::new(App::build(Config::resolve(raw).unwrap()).unwrap());
+    let live = Arc::new(crate::reload::Live::fixed(app.clone()));
+    let gate = serve(app, live, Arc::new(AtomicUsize::new(0))).await;
+
+    let (alice, _) = gate.login("alice").await;
+    for page in ["/ui/r/closed/secret", "/ui/r/closed/secret/-/tag/v1"] {
+        let resp = gate.get(page, &alice).await;
+        assert_eq!(resp.status(), 200, "{page}");
+        let html = resp.text().await.unwrap();
+        if page.contains("/tag/") {
+            assert!(
+                html.contains("hunter2"),
+                "the control view shows the config"
+            );
+        }
+    }
+
+    let (bob, _) = gate.login("bob").await;
+    assert_eq!(
+        gate.get("/ui/r/closed/secret/-/tag/v1", &bob)
+            .await
+            .status(),
+        404
+    );
+    for page in ["/ui/r/open/lure", "/ui/r/open/lure/-/tag/v1"] {
+        let html = gate.get(page, &bob).await.text().await.unwrap();
+        assert!(
+            !html.contains("hunter2") && !html.contains("classified"),
+            "{page} shows closed/secret's config: {html}"
+        );
+    }
+}
