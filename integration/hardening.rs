@@ -1520,10 +1520,11 @@ fn repositories(body: &Value) -> Vec<String> {
 
 /// Finding 10: `_catalog?n=1001..10000` was forwarded as is, the registry
 /// refused it (`n > 1000`), and the gate said the upstream "could not be
-/// reached". Pages are clamped to the registry's limit; a refusal is
-/// reported as one.
+/// reached". Now the gate answers what distribution answers itself (400
+/// `PAGINATION_NUMBER_INVALID`, issue 19's fidelity), never a 502, and pages
+/// up to the limit work; an upstream refusal is reported as one.
 #[tokio::test]
-async fn catalog_pages_beyond_the_registry_limit_are_clamped() {
+async fn catalog_pages_beyond_the_registry_limit_are_refused_as_the_registry_does() {
     let names: Vec<String> = (0..1500).map(|i| format!("team/r{i:04}")).collect();
     let upstream = FakeCatalog::start(names, false).await;
     let gate = Gate::start_with_config(&config("", ""), &upstream.url(), &[]).await;
@@ -1531,17 +1532,25 @@ async fn catalog_pages_beyond_the_registry_limit_are_clamped() {
     for n in [1001, 5000, 10_000] {
         let url = format!("{}/v2/_catalog?n={n}", gate.url());
         let resp = bearer(Method::GET, &url, &token).await;
-        assert_eq!(resp.status(), 200, "n={n}");
-        let link = resp
-            .headers()
-            .get("link")
-            .map(|v| v.to_str().expect("link").to_owned())
-            .expect("a Link to the next page");
-        let got = repositories(&json_ok(resp).await);
-        assert_eq!(got.len(), 1000, "n={n}");
-        assert_eq!(got[999], "team/r0999");
-        assert!(link.contains("last=team/r0999"), "{link}");
+        assert_eq!(resp.status(), 400, "n={n}");
+        let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+        assert_eq!(
+            body["errors"][0]["code"], "PAGINATION_NUMBER_INVALID",
+            "{body}"
+        );
     }
+    let url = format!("{}/v2/_catalog?n=1000", gate.url());
+    let resp = bearer(Method::GET, &url, &token).await;
+    assert_eq!(resp.status(), 200);
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("link").to_owned())
+        .expect("a Link to the next page");
+    let got = repositories(&json_ok(resp).await);
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got[999], "team/r0999");
+    assert!(link.contains("last=team/r0999"), "{link}");
 
     let refusing = FakeCatalog::start(Vec::new(), true).await;
     let gate = Gate::start_with_config(&config("", ""), &refusing.url(), &[]).await;

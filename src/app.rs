@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::health::ReadinessCache;
 use crate::metrics::{Metrics, Sources};
 use crate::ratelimit::LoginThrottle;
+use crate::ratelimit::shared::SharedThrottle;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::token::keys::{KeyError, verifying_key_from_pem};
 use crate::token::{Issuer, SigningKey, Verifier, VerifyingKey};
@@ -32,8 +33,9 @@ pub struct App {
     pub issuer: Issuer,
     pub verifier: Verifier,
     pub upstream: Upstream,
-    /// Failed-login counters of the realm (per process).
-    pub throttle: Arc<LoginThrottle>,
+    /// Failed-login counters of the realm and the UI: this process's,
+    /// shared with every instance through the store.
+    pub throttle: SharedThrottle,
     /// The web UI's sessions and caches.
     pub ui: Arc<UiState>,
     pub metrics: Arc<Metrics>,
@@ -104,7 +106,7 @@ impl App {
     pub fn carried(&self) -> Carried {
         Carried {
             metrics: self.metrics.clone(),
-            throttle: Some(self.throttle.clone()),
+            throttle: Some(self.throttle.local.clone()),
             ui: self.ui.clone(),
             ephemeral_key: (self.config.token.key.is_none()).then(|| self.key.clone()),
             recent_writes: self.audit.recent(),
@@ -161,7 +163,7 @@ impl App {
             issuer,
             verifier,
             upstream,
-            throttle,
+            throttle: SharedThrottle::new(throttle, store.clone()),
             ui: carried.ui,
             metrics: carried.metrics,
             key_source,

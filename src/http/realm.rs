@@ -134,18 +134,6 @@ async fn authenticate(
     tr: &TokenRequest,
     conn: Conn,
 ) -> Result<(Identity, Option<Secret>), ApiError> {
-    let ip = conn.peer.ip();
-    // Every failure is counted by the login throttle and audited (account
-    // and address; never the secret).
-    let failed = |account: &str, counted: Option<&str>, reason: &'static str| {
-        app.throttle.record_failure(counted, ip);
-        app.audit.record(Event::LoginFailed {
-            account: account.to_owned(),
-            client: ip,
-            reason,
-        });
-        bad_credentials()
-    };
     match &tr.credentials {
         Credentials::Anonymous => Ok((Identity::anonymous(), None)),
         Credentials::Password { account, password } => {
@@ -158,13 +146,16 @@ async fn authenticate(
             Ok((login(app, account, password, conn).await?, None))
         }
         Credentials::Refresh(token) => {
-            throttle(app, None, conn)?;
-            let claims = app.verifier.verify_refresh(token.expose()).map_err(|e| {
-                tracing::debug!(reason = %e, "refresh token refused");
-                failed("", None, "bad_refresh_token")
-            })?;
+            throttle(app, None, conn).await?;
+            let claims = match app.verifier.verify_refresh(token.expose()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "refresh token refused");
+                    return Err(failed(app, conn, "", None, "bad_refresh_token").await);
+                }
+            };
             if logged_out(app, &claims.sub, claims.iat, claims.cid.is_some()).await? {
-                return Err(failed(&claims.sub, None, "logged_out"));
+                return Err(failed(app, conn, &claims.sub, None, "logged_out").await);
             }
             // A token bound to a credential lives only as long as it does;
             // any other needs its account to still exist: removing a user
@@ -177,10 +168,15 @@ async fn authenticate(
                 Ok(Some(identity)) if identity.account == claims.sub => {
                     Ok((identity, Some(token.clone())))
                 }
-                Ok(_) if claims.cid.is_some() => {
-                    Err(failed(&claims.sub, None, "credential_revoked_or_expired"))
-                }
-                Ok(_) => Err(failed(&claims.sub, None, "account_gone")),
+                Ok(_) if claims.cid.is_some() => Err(failed(
+                    app,
+                    conn,
+                    &claims.sub,
+                    None,
+                    "credential_revoked_or_expired",
+                )
+                .await),
+                Ok(_) => Err(failed(app, conn, &claims.sub, None, "account_gone").await),
                 Err(e) if claims.cid.is_some() => Err(store_unavailable(e)),
                 Err(e) => Err(unavailable(e)),
             }
@@ -198,16 +194,7 @@ pub(crate) async fn login(
     conn: Conn,
 ) -> Result<Identity, ApiError> {
     let ip = conn.peer.ip();
-    let failed = |account: &str, counted: Option<&str>, reason: &'static str| {
-        app.throttle.record_failure(counted, ip);
-        app.audit.record(Event::LoginFailed {
-            account: account.to_owned(),
-            client: ip,
-            reason,
-        });
-        bad_credentials()
-    };
-    throttle(app, Some(account), conn)?;
+    throttle(app, Some(account), conn).await?;
     let started = std::time::Instant::now();
     let result = app.authn.authenticate(account, password).await;
     let backend = match &result {
@@ -226,7 +213,7 @@ pub(crate) async fn login(
         Ok(Some(identity)) => {
             // Throttled on the canonical account too, whatever spelling
             // found it.
-            let vouched = app.throttle.vouched(account, &identity.account, ip);
+            let vouched = app.throttle.vouched(account, &identity.account, ip).await;
             throttled(app, Some(&identity.account), conn, vouched)?;
             Ok(identity)
         }
@@ -234,7 +221,7 @@ pub(crate) async fn login(
             if let Some(kind) = credential_kind {
                 app.metrics.credential_login(kind, "refused");
             }
-            Err(failed(account, Some(account), "bad_credentials"))
+            Err(failed(app, conn, account, Some(account), "bad_credentials").await)
         }
         Err(e) => match credential_kind {
             Some(kind) => {
@@ -275,13 +262,28 @@ pub(crate) async fn logged_out(
 
 /// 429 when failed logins from this address (or for this account) are
 /// being backed off; the credentials are then not even looked at.
-fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
-    throttled(
-        app,
-        account,
-        conn,
-        app.throttle.check(account, conn.peer.ip()),
-    )
+async fn throttle(app: &App, account: Option<&str>, conn: Conn) -> Result<(), ApiError> {
+    let decision = app.throttle.check(account, conn.peer.ip()).await;
+    throttled(app, account, conn, decision)
+}
+
+/// A failed login: counted by the login throttle (here and in the store)
+/// and audited (account and address; never the secret).
+async fn failed(
+    app: &App,
+    conn: Conn,
+    account: &str,
+    counted: Option<&str>,
+    reason: &'static str,
+) -> ApiError {
+    let ip = conn.peer.ip();
+    app.throttle.record_failure(counted, ip).await;
+    app.audit.record(Event::LoginFailed {
+        account: account.to_owned(),
+        client: ip,
+        reason,
+    });
+    bad_credentials()
 }
 
 /// A throttle decision as the realm answers it (429, metric, audit).

@@ -21,6 +21,7 @@ pub mod config;
 pub mod credentials;
 pub mod logouts;
 pub mod sessions;
+pub mod throttle;
 
 use std::str::FromStr;
 use std::sync::OnceLock;

@@ -39,7 +39,7 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
         });
         Outcome::Throttled(t.retry_after)
     };
-    if let Err(t) = app.throttle.check(Some(account), client) {
+    if let Err(t) = app.throttle.check(Some(account), client).await {
         return throttled(account, t);
     }
     match app.authn.authenticate(account, password).await {
@@ -47,7 +47,7 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
         // session acts with the account's full rights, which a scoped
         // credential must never turn into. Counted like a wrong password.
         Ok(Some(identity)) if identity.credential.is_some() => {
-            app.throttle.record_failure(Some(account), client);
+            app.throttle.record_failure(Some(account), client).await;
             app.audit.record(Event::LoginFailed {
                 account: account.to_owned(),
                 client,
@@ -57,7 +57,11 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
         }
         Ok(Some(identity)) => {
             // The canonical account's back-off holds whatever spelling found it.
-            if let Err(t) = app.throttle.vouched(account, &identity.account, client) {
+            if let Err(t) = app
+                .throttle
+                .vouched(account, &identity.account, client)
+                .await
+            {
                 return throttled(&identity.account, t);
             }
             app.audit.record(Event::UiLogin {
@@ -68,7 +72,7 @@ pub async fn attempt(app: &App, account: &str, password: &Secret, client: IpAddr
             Outcome::Ok(identity)
         }
         Ok(None) => {
-            app.throttle.record_failure(Some(account), client);
+            app.throttle.record_failure(Some(account), client).await;
             app.audit.record(Event::LoginFailed {
                 account: account.to_owned(),
                 client,

@@ -445,7 +445,7 @@ async fn wrong_passwords_count_against_the_login_throttle() {
         .unwrap()
         .to_owned();
     let csrf = csrf_in(&page.text().await.unwrap());
-    let allowed = g.app.throttle.config().failures_per_account;
+    let allowed = g.app.throttle.local.config().failures_per_account;
     for _ in 0..allowed {
         let form = [
             ("csrf", csrf.as_str()),

@@ -12,10 +12,13 @@
 //!   in from successfully within `trusted_address_ttl`: an attacker
 //!   elsewhere cannot lock a user out of the machines they use.
 //! - IPv6 clients are counted per /64 (one host usually owns a whole /64).
-//! - Counters live in this process only (bounded caches): with N instances
-//!   an attacker gets up to N times the allowance.
+//! - Counters live in this process (bounded caches) and, through
+//!   [`shared::SharedThrottle`], in the store: instances sharing it count
+//!   failures together.
 //!
 //! Nothing here sees a password.
+
+pub mod shared;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -111,7 +114,7 @@ impl Counter {
 
 /// An address as counted: IPv4 (or IPv4-mapped) as is, IPv6 by its /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct AddressKey(IpAddr);
+pub(crate) struct AddressKey(pub(crate) IpAddr);
 
 impl From<IpAddr> for AddressKey {
     fn from(ip: IpAddr) -> Self {
@@ -154,7 +157,7 @@ pub struct LoginThrottle {
     config: ThrottleConfig,
     addresses: Cache<AddressKey, Counter>,
     accounts: Cache<String, Counter>,
-    trusted: Cache<(String, AddressKey), ()>,
+    pub(crate) trusted: Cache<(String, AddressKey), ()>,
 }
 
 impl std::fmt::Debug for LoginThrottle {
@@ -314,7 +317,7 @@ impl LoginThrottle {
     }
 
     /// `backoff * 2^n`, at most `max_backoff`.
-    fn backoff(&self, n: u32) -> Duration {
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX);
         self.config
             .backoff
