@@ -1,5 +1,8 @@
-//! Readiness: is the upstream reachable, is LDAP reachable (when configured),
-//! is the signing key loaded; and, reported beside them, is the store up. Checked at most once per `TTL` however often
+//! Readiness: can this instance serve? Its upstream is reachable and its
+//! signing key loaded. LDAP and the store, shared by every instance, are
+//! reported beside them (`degraded`) but never make an instance unready:
+//! cached, static and anonymous users and issued tokens work without them,
+//! and an unready fleet would serve no one. Checked at most once per `TTL` however often
 //! probes come (a load balancer may ask several times a second per instance).
 
 use std::time::{Duration, Instant};
@@ -28,6 +31,12 @@ pub struct Readiness {
     /// it; only robot and personal-token logins answer 503 meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// The shared dependencies that are down (`ldap`, `store`): the gate
+    /// still serves (cached, static and anonymous users, issued tokens), so
+    /// they do not make it unready (docs/operations.md). Loopback callers
+    /// and the metrics listener see this; others only `ready`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<&'static str>,
 }
 
 /// The last answer and when it was made.
@@ -50,6 +59,8 @@ impl ReadinessCache {
         if !r.ready {
             // The detail is for operators: /readyz tells remote callers less.
             tracing::warn!(upstream = %r.upstream, ldap = ?r.ldap, "not ready");
+        } else if !r.degraded.is_empty() {
+            tracing::warn!(degraded = ?r.degraded, ldap = ?r.ldap, store = ?r.store, "ready, but degraded");
         }
         *last = Some((Instant::now(), r.clone()));
         r
@@ -83,9 +94,21 @@ async fn check(upstream: &Upstream, authn: &Authenticators) -> Readiness {
             }
         }
     );
-    let ready = up.is_ok() && ldap.as_ref().is_none_or(Result::is_ok);
+    // Only what this instance cannot serve without: its upstream (and its
+    // listener, config and signing key, which it would not run without).
+    // LDAP and the store are shared by every instance: one of them down
+    // must not take the whole fleet out of the load balancer at once.
+    let ready = up.is_ok();
+    let mut degraded = Vec::new();
+    if ldap.as_ref().is_some_and(Result::is_err) {
+        degraded.push("ldap");
+    }
+    if store.as_ref().is_some_and(Result::is_err) {
+        degraded.push("store");
+    }
     Readiness {
         ready,
+        degraded,
         upstream: describe(up),
         ldap: ldap.map(describe),
         // The app cannot be built without its key: if we run, it is loaded.

@@ -16,6 +16,7 @@ pub mod listing;
 pub mod logformat;
 pub mod metrics;
 pub mod permit;
+pub mod proxyproto;
 pub mod ratelimit;
 pub mod reload;
 pub mod scope;

@@ -50,6 +50,11 @@ struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabel {
+    dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -70,7 +75,7 @@ pub struct Metrics {
     tag_refusals: Family<KindLabel, Counter>,
     connections: Gauge,
     credential_logins: Family<CredentialLabels, Counter>,
-    store_up: Gauge,
+    dependency_up: Family<DependencyLabel, Gauge>,
     sources: Arc<RwLock<Sources>>,
 }
 
@@ -168,11 +173,11 @@ impl Metrics {
             "Token requests with a robot account's or personal access token's secret, by kind and outcome",
             credential_logins.clone(),
         );
-        let store_up = Gauge::default();
+        let dependency_up = Family::<DependencyLabel, Gauge>::default();
         registry.register(
-            "store_up",
-            "1 when the last check reached the store (the credential database), else 0",
-            store_up.clone(),
+            "dependency_up",
+            "1 when the last readiness check reached the dependency (upstream, ldap, store), else 0",
+            dependency_up.clone(),
         );
         let sources = Arc::new(RwLock::new(Sources::default()));
         registry.register_collector(Box::new(SourcesCollector(sources.clone())));
@@ -189,7 +194,7 @@ impl Metrics {
             tag_refusals,
             connections,
             credential_logins,
-            store_up,
+            dependency_up,
             sources,
         }
     }
@@ -202,9 +207,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Whether the store answered its last check.
-    pub fn store_up(&self, up: bool) {
-        self.store_up.set(i64::from(up));
+    /// What the last readiness check found of each dependency.
+    pub fn dependencies(&self, r: &crate::health::Readiness) {
+        let set = |dependency: &'static str, up: bool| {
+            self.dependency_up
+                .get_or_create(&DependencyLabel { dependency })
+                .set(i64::from(up));
+        };
+        set("upstream", r.upstream == "ok");
+        if let Some(ldap) = &r.ldap {
+            set("ldap", ldap == "ok");
+        }
+        if let Some(store) = &r.store {
+            set("store", store == "ok");
+        }
     }
 
     /// Points the scrape-time counters at a (re)built app's caches.

@@ -149,15 +149,36 @@ pub async fn serve(
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let limits = limits.clone();
+        let proxy_protocol = live.current().config.server.proxy_protocol;
         let open = metrics.connection();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
             let _slot = address_slot;
             let _registered = registered;
-            let conn = Conn {
-                peer,
-                tls: tls.is_some(),
+            let mut stream = stream;
+            // Behind a layer-4 balancer speaking the PROXY protocol, the
+            // client is who its header names (required on every connection).
+            let conn = if proxy_protocol {
+                let header = crate::proxyproto::read_header(&mut stream);
+                match tokio::time::timeout(limits.first_request_timeout, header).await {
+                    Ok(Ok(Some(client))) => Conn {
+                        peer: client,
+                        tls: tls.is_some(),
+                        hop: client.ip(),
+                    },
+                    Ok(Ok(None)) => Conn::new(peer, tls.is_some()),
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "connection without a valid PROXY header: closed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "no PROXY header in time: closed");
+                        return;
+                    }
+                }
+            } else {
+                Conn::new(peer, tls.is_some())
             };
             match tls {
                 Some(acceptor) => {

@@ -53,7 +53,10 @@ pub enum UpstreamError {
 /// headers and for rewriting upstream URLs back to the gate's address.
 #[derive(Debug, Clone)]
 pub struct Origin {
+    /// The client (for audit events).
     pub client_ip: IpAddr,
+    /// Who sent the request to the gate (appended to `X-Forwarded-For`).
+    pub hop: IpAddr,
     /// `http://gate:5000` or `https://registry.example.com`.
     pub external_base: String,
 }
@@ -255,6 +258,7 @@ impl Upstream {
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let origin = Origin {
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            hop: std::net::Ipv4Addr::LOCALHOST.into(),
             external_base: self.base.clone(),
         };
         match tokio::time::timeout(timeout, self.get("/v2/", &origin)).await {
@@ -343,7 +347,7 @@ impl Upstream {
         };
         headers.insert(X_FORWARDED_PROTO, proto);
         set(headers, X_FORWARDED_HOST, host);
-        let ip = IpText::new(origin.client_ip);
+        let ip = IpText::new(origin.hop);
         match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
                 let xff = [prev, ", ", ip.as_str()].concat();
@@ -899,6 +903,7 @@ mod tests {
     fn origin() -> Origin {
         Origin {
             client_ip: "10.1.2.3".parse().unwrap(),
+            hop: "10.1.2.3".parse().unwrap(),
             external_base: "https://gate.example.com".into(),
         }
     }
@@ -943,6 +948,7 @@ mod tests {
         ] {
             let origin = Origin {
                 client_ip: "10.1.2.3".parse().unwrap(),
+                hop: "10.1.2.3".parse().unwrap(),
                 external_base: base.into(),
             };
             assert_eq!(origin.scheme_and_host(), want, "{base}");

@@ -23,6 +23,16 @@ pub mod tags;
 
 pub use restriction::Restriction;
 
+/// An address or CIDR as `ip` rules take it (also `server.trusted_proxies`).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    ip::parse_net(s).ok()
+}
+
+/// Whether `ip` lies in `net` (IPv4-mapped IPv6 compared as IPv4).
+pub fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    ip::contains(net, ip)
+}
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;

@@ -150,6 +150,13 @@ pub struct RawServer {
     /// 1 = a single-threaded runtime (measured cheaper per request).
     #[serde(default)]
     pub worker_threads: usize,
+    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed:
+    /// load balancers and ingress controllers in front of the gate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Expect a PROXY protocol (v1 or v2) header on every connection.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for RawServer {
@@ -159,6 +166,8 @@ impl Default for RawServer {
             public_url: None,
             tls: None,
             worker_threads: 0,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }

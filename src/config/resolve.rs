@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// As configured: 0 means one per usable CPU (see [`ServerConfig::workers`]).
     pub worker_threads: usize,
+    /// Peers whose `X-Forwarded-For` is believed (see [`crate::http::client_address`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A PROXY protocol header comes first on every connection.
+    pub proxy_protocol: bool,
 }
 
 /// The most `server.worker_threads` may ask for.
@@ -212,6 +216,16 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in raw.server.trusted_proxies.iter().enumerate() {
+            match crate::authz::parse_net(p) {
+                Some(net) => trusted_proxies.push(net),
+                None => errors.push(ConfigError::new(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an address or CIDR like 10.0.0.0/8"),
+                )),
+            }
+        }
         let acl = Acl::compile(&raw.acl).map_err(|e| ConfigError::new(e.path, e.message));
         let immutable = Immutable::compile(&raw.immutable)
             .map_err(|e| ConfigError::new(e.path, e.message))
@@ -262,6 +276,8 @@ impl Config {
                     reload_interval: t.reload_interval,
                 }),
                 worker_threads: raw.server.worker_threads,
+                trusted_proxies,
+                proxy_protocol: raw.server.proxy_protocol,
             },
             upstream: UpstreamConfig {
                 url: upstream,

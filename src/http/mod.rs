@@ -28,13 +28,72 @@ use errors::{ApiError, ErrorCode};
 /// What the server knows about a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Conn {
+    /// The client: the TCP peer (or the source a PROXY protocol header
+    /// names), or, when that is one of `server.trusted_proxies`, the address
+    /// its `X-Forwarded-For` names ([`client_address`]). `ip` rules, the
+    /// login throttle, the audit trail and the logs all use this one.
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The address the request came from last: the TCP peer, or the
+    /// source of the PROXY protocol header. The gate appends it to the
+    /// `X-Forwarded-For` it sends upstream.
+    pub hop: std::net::IpAddr,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, tls: bool) -> Conn {
+        Conn {
+            peer,
+            tls,
+            hop: peer.ip(),
+        }
+    }
+}
+
+/// The client's address for a request that came from `peer`: `peer`
+/// itself, unless it is a trusted proxy; then the rightmost address of
+/// `X-Forwarded-For` that is not a trusted proxy (everything left of it
+/// could have been written by the client). An entry that does not parse
+/// ends the walk at the last trusted address seen: fail closed, never to
+/// a client-chosen value. Untrusted peers' headers are ignored.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| {
+        trusted
+            .iter()
+            .any(|net| crate::authz::net_contains(net, ip))
+    };
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values = headers.get_all("x-forwarded-for");
+    let entries: Vec<&str> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        match entry.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// Routes one request. Never fails: every error becomes a registry JSON error.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, mut conn: Conn) -> Response<Body> {
     let started = Instant::now();
+    let trusted = &app.config.server.trusted_proxies;
+    if !trusted.is_empty() {
+        let client = client_address(conn.peer.ip(), req.headers(), trusted);
+        conn.peer = SocketAddr::new(client, conn.peer.port());
+    }
     let method = req.method().clone();
     // Kept for the access line: a clone shares the request's buffer.
     let uri = req.uri().clone();
@@ -171,7 +230,7 @@ async fn route(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Routed, 
     }
     if path == "/readyz" && is_get {
         let r = Box::pin(app.readiness.get(&app.upstream, &app.authn)).await;
-        app.metrics.store_up(r.store.as_deref() == Some("ok"));
+        app.metrics.dependencies(&r);
         let status = if r.ready {
             StatusCode::OK
         } else {
@@ -283,6 +342,40 @@ mod tests {
         assert!(super::head_too_large(&req, head.len() - 1));
     }
 
+    /// `X-Forwarded-For` counts only from trusted proxies, and then the
+    /// rightmost untrusted address wins: what a client writes to the left
+    /// of it cannot choose its address.
+    #[test]
+    fn client_addresses_behind_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "127.0.0.1/32"]
+            .iter()
+            .map(|n| crate::authz::parse_net(n).unwrap())
+            .collect();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // (peer, X-Forwarded-For values, client)
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("192.0.2.7", &["203.0.113.9"], "192.0.2.7"),
+            ("10.1.1.1", &[], "10.1.1.1"),
+            ("10.1.1.1", &["203.0.113.9"], "203.0.113.9"),
+            ("10.1.1.1", &["1.2.3.4, 203.0.113.9"], "203.0.113.9"),
+            ("10.1.1.1", &["1.2.3.4, 203.0.113.9, 10.2.2.2"], "203.0.113.9"),
+            ("10.1.1.1", &["1.2.3.4", "203.0.113.9"], "203.0.113.9"),
+            ("10.1.1.1", &["10.3.3.3, 10.2.2.2"], "10.3.3.3"),
+            ("10.1.1.1", &["203.0.113.9, garbage, 10.2.2.2"], "10.2.2.2"),
+            ("10.1.1.1", &["garbage"], "10.1.1.1"),
+            ("127.0.0.1", &[" 2001:db8::1 "], "2001:db8::1"),
+            ("::ffff:10.1.1.1", &["203.0.113.9"], "203.0.113.9"),
+        ];
+        for (peer, values, want) in cases {
+            let mut h = http::HeaderMap::new();
+            for v in *values {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            assert_eq!(super::client_address(ip(peer), &h, &trusted), ip(want), "{peer} {values:?}");
+            assert_eq!(super::client_address(ip(peer), &h, &[]), ip(peer), "no trusted proxies");
+        }
+    }
+
     /// Issue 17, finding 9: `/readyz` told anyone the upstream's address
     /// and the LDAP URL. Remote callers get "unavailable"; callers on this
     /// host (and the metrics listener) the detail.
@@ -295,6 +388,7 @@ mod tests {
             ldap: Some("no LDAP server reachable (ldaps://ldap.internal)".into()),
             signing_key: "ok".into(),
             store: Some("store unavailable: postgres://gate:***@db.internal/rg".into()),
+            degraded: vec![],
         };
         let remote = super::readiness_body(&down, false);
         assert_eq!(

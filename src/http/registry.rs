@@ -91,6 +91,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     }
     let origin = Origin {
         client_ip: conn.peer.ip(),
+        hop: conn.hop,
         external_base: base,
     };
     if permit.required().endpoint == Endpoint::Catalog {

@@ -224,6 +224,7 @@ pub async fn handle(
         conn,
         origin: Origin {
             client_ip: conn.peer.ip(),
+            hop: conn.hop,
             external_base: base.clone(),
         },
         base,
