@@ -19,6 +19,7 @@
 pub mod config;
 pub mod credentials;
 pub mod logouts;
+pub mod oidc;
 
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 pub use config::{Backend, RawStore, StoreConfig, StoreUrl};
 pub use credentials::{Credential, CredentialKind, NewCredential};
+pub use oidc::OidcAccount;
 
 /// The schema, embedded in the binary (`src/store/migrations/*.sql`).
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
