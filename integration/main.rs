@@ -13,6 +13,7 @@ mod fidelity;
 mod hardening;
 mod ldap;
 mod ldap_backend;
+mod oidc;
 mod operations;
 mod tags;
 mod ui;

@@ -1,6 +1,6 @@
 // A real OpenID provider (panva's oidc-provider) for registry-gate's
 // integration tests. Usage:
-//   node provider.mjs serve KEYS_FILE PORT_FILE [REDIRECT_URI]
+//   node provider.mjs serve KEYS_FILE PORT_FILE
 //     Serves on 127.0.0.1, a free port (PORT env var, default 0 = any),
 //     issuer http://127.0.0.1:PORT; writes the port to PORT_FILE once listening.
 //     KEYS_FILE is a private JWKS; made (one RSA key, random kid) when missing.
@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const config = JSON.parse(readFileSync(join(here, 'config.json'), 'utf8'));
-const [mode, keysFile, portFile, redirectUri] = process.argv.slice(2);
+const [mode, keysFile, portFile] = process.argv.slice(2);
 
 function keys() {
   if (!existsSync(keysFile)) {
@@ -38,7 +38,7 @@ if (mode === 'sign') {
 }
 
 if (mode !== 'serve') {
-  console.error('usage: provider.mjs serve KEYS_FILE PORT_FILE [REDIRECT_URI] | sign KEYS_FILE');
+  console.error('usage: provider.mjs serve KEYS_FILE PORT_FILE | sign KEYS_FILE');
   process.exit(2);
 }
 
@@ -57,16 +57,18 @@ const clients = Object.entries(config.workloads).map(([id, w]) => ({
   redirect_uris: [],
   response_types: [],
 }));
-if (redirectUri) {
-  clients.push({
+// The gate's web login. A "native" client: oidc-provider then accepts its
+// loopback redirect URI on any port (RFC 8252 §7.3); the gate's port is
+// chosen when it starts, after this provider.
+clients.push({
+    application_type: 'native',
     client_id: 'registry-gate',
     client_secret: 'registry-gate-secret',
     grant_types: ['authorization_code'],
     response_types: ['code'],
-    redirect_uris: [redirectUri],
+    redirect_uris: ['http://127.0.0.1/ui/oidc/callback'],
     token_endpoint_auth_method: 'client_secret_basic',
-  });
-}
+});
 
 const provider = new Provider(issuer, {
   clients,
@@ -107,6 +109,7 @@ const provider = new Provider(issuer, {
   },
   pkce: { required: () => true },
   cookies: { keys: ['registry-gate-test-cookie-key'] },
+  ttl: { ClientCredentials: 600, AccessToken: 600, IdToken: 600, AuthorizationCode: 60, Session: 3600, Interaction: 600, Grant: 3600 },
 });
 server.on('request', provider.callback());
 writeFileSync(portFile, String(port));

@@ -237,12 +237,6 @@ impl Config {
             .ok()
             .flatten()
             .unwrap_or_default();
-        if !oidc.providers.is_empty() && public_url.as_ref().is_ok_and(Option::is_none) {
-            errors.push(ConfigError::new(
-                "server.public_url",
-                "must be set with [[oidc.providers]]: the redirect URI is <public_url>/ui/oidc/callback",
-            ));
-        }
         let store = raw
             .store
             .resolve(Path::new("."))
