@@ -417,3 +417,173 @@ async fn oidc_check_shows_claims_mapping_and_require() {
     let out = run(args(&["nope"]), String::new()).await;
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
 }
+
+// ------------------------------------------------------------ people (UI)
+
+/// The provider's people log in to the UI as `corp/NAME`; the `groups`
+/// claim is a label, and `developers` may push and pull `dev/*`.
+fn ui_config(provider: &OidcProvider, secret_file: &std::path::Path) -> String {
+    format!(
+        r#"
+[users.admin]
+password = "$2y$10$BbjHSBR07iNZhnzmPGLb1OV/Mp8kjkcepRhg.xD01t06FYg6rOVYa"
+
+[[oidc.providers]]
+name = "corp"
+issuer = "{issuer}"
+client_id = "registry-gate"
+client_secret_file = "{secret}"
+scopes = ["openid", "profile", "email", "groups"]
+account_claim = "preferred_username"
+labels = {{ groups = "groups" }}
+
+[[acl]]
+match = {{ account = "admin" }}
+actions = ["*"]
+
+[[acl]]
+match = {{ labels = {{ groups = "developers" }}, name = "dev/*" }}
+actions = ["pull", "push"]
+comment = "the developers group of the provider"
+"#,
+        issuer = provider.issuer(),
+        secret = secret_file.display()
+    )
+}
+
+/// "Log in with corp", through the provider's own login and consent forms.
+async fn sso_login(b: &crate::harness::browser::Browser, gate: &Gate, person: &str) {
+    b.goto(&format!("{}/ui/login", gate.url())).await;
+    b.click_to_page("#sso-corp").await;
+    b.wait_url("the provider's login form", |u| u.contains("/interaction/"))
+        .await;
+    b.fill("input[name=login]", person).await;
+    b.fill("input[name=password]", "any").await;
+    b.click_to_page("button[type=submit]").await;
+    // The provider asks for consent the first time.
+    if b.exists("input[name=prompt][value=consent]").await {
+        b.click_to_page("button[type=submit]").await;
+    }
+    b.wait_url("back at the gate", |u| u.ends_with("/ui/"))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !b.exists("#account").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not signed in:\n{}",
+            gate.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.text("#account").await, format!("corp/{person}"));
+}
+
+#[tokio::test]
+async fn ui_sso_login_groups_drive_the_acl_and_logout() {
+    let provider = OidcProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("oidc_secret.txt");
+    std::fs::write(&secret, "registry-gate-secret\n").unwrap();
+    let stack = Stack::with_config(&ui_config(&provider, &secret)).await;
+    let gate = &stack.gate;
+    let skopeo = Skopeo::new();
+    for repo in ["dev/app:1", "secret/keys:1"] {
+        let out = skopeo
+            .push(
+                &OciImage::generate(),
+                &format!("{}/{repo}", gate.addr),
+                Some(("admin", "badmin")),
+            )
+            .await;
+        assert!(out.status.success(), "push {repo}: {}", output_text(&out));
+    }
+    let b = crate::harness::browser::Browser::start().await;
+    b.goto(&format!("{}/ui/login", gate.url())).await;
+    assert_eq!(b.text("#sso-corp").await, "Log in with corp");
+
+    // alice is in the developers group: she sees dev/app, not secret/keys.
+    sso_login(&b, gate, "alice").await;
+    b.goto(&format!("{}/ui/", gate.url())).await;
+    let names = b.attrs("#repositories a[data-repo]", "data-repo").await;
+    assert_eq!(names, vec!["dev/app".to_owned()], "{}", gate.log());
+    let log = gate.log();
+    assert!(
+        log.contains(
+            r#""event":"oidc_login","kind":"provider","entry":"corp","account":"corp/alice""#
+        ),
+        "{log}"
+    );
+
+    // A personal access token owned by the SSO account works with docker
+    // login semantics: its owner is looked up in the store at each use.
+    let pat = gate
+        .create_token(&[
+            "--owner",
+            "corp/alice",
+            "--name",
+            "laptop",
+            "--scope",
+            "repository:dev/*:pull,push",
+        ])
+        .await;
+    let granted = grant_as(
+        gate,
+        ("corp/alice", &pat),
+        &["repository:dev/app:pull", "repository:secret/keys:pull"],
+    )
+    .await;
+    assert_eq!(granted, vec!["dev/app:pull".to_owned()]);
+    // Her password at the provider is not a password here.
+    let resp = request_token(gate, Some(("corp/alice", "any")), SERVICE, &[], &[]).await;
+    assert_eq!(resp.status(), 401);
+
+    // Logout ends the session.
+    b.click_to_page("#logout").await;
+    b.wait_url("the logged-out list", |u| u.ends_with("/ui/"))
+        .await;
+    assert!(b.exists("#login-link").await);
+    assert!(!b.exists("#account").await);
+
+    // bob is in no group: nothing. (A fresh browser: the gate's logout
+    // does not end the session at the provider, which would log alice
+    // straight in again; docs/oidc.md says so.)
+    b.close().await;
+    let b = crate::harness::browser::Browser::start().await;
+    sso_login(&b, gate, "bob").await;
+    b.goto(&format!("{}/ui/", gate.url())).await;
+    assert!(
+        b.attrs("#repositories a[data-repo]", "data-repo")
+            .await
+            .is_empty()
+    );
+
+    // A callback without the pending login's cookie (or a forged state)
+    // starts nothing.
+    let resp = http::client()
+        .get(format!("{}/ui/oidc/callback?code=x&state=y", gate.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    b.close().await;
+}
+
+async fn grant_as(gate: &Gate, creds: (&str, &str), scopes: &[&str]) -> Vec<String> {
+    let resp = request_token(gate, Some(creds), SERVICE, scopes, &[]).await;
+    let body = http::json_ok(resp).await;
+    let (_, claims) = jwt_parts(body["token"].as_str().expect("token"));
+    claims["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let actions: Vec<&str> = a["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap())
+                .collect();
+            format!("{}:{}", a["name"].as_str().unwrap(), actions.join(","))
+        })
+        .collect()
+}

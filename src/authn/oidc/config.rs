@@ -135,7 +135,7 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> OidcConfigError {
     }
 }
 
-/// Entry names: they appear in account names (`corp:alice`), URLs
+/// Entry names: they appear in account names (`corp/alice`), URLs
 /// (`/ui/oidc/login/corp`), metrics and audit events.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -249,18 +249,11 @@ impl RawOidc {
             // template starts with a literal `prefix:`, and static account
             // names cannot hold ':' (nor can robots' `robot+`), so no
             // token can become a person. See docs/oidc.md.
-            let Some(prefix) = account.literal_namespace() else {
+            // SSO people are `<provider>/...` and cannot collide either.
+            if account.literal_namespace().is_none() {
                 return Err(err(
                     key("account"),
                     "must start with a literal namespace such as \"github:\" (e.g. \"github:${claims.repository}\")",
-                ));
-            };
-            if self.providers.iter().any(|p| p.name == prefix) {
-                return Err(err(
-                    key("account"),
-                    format!(
-                        "the namespace {prefix:?}: belongs to the people of [[oidc.providers]] {prefix:?}"
-                    ),
                 ));
             }
             check_labels(&t.labels, &key("labels"))?;
@@ -355,10 +348,6 @@ mod tests {
                 trust("github:${claims.sub}", &[("repository_owner", "/(/")]),
                 Some("oidc.trust[0].require.repository_owner"),
             ),
-            (
-                trust("corp:${claims.sub}", &[]),
-                Some("oidc.trust[0].account"),
-            ),
         ];
         for (t, want) in cases {
             let raw = RawOidc {
@@ -366,23 +355,6 @@ mod tests {
                 trust: vec![t.clone()],
                 key_refetch_interval: default_refetch_interval(),
             };
-            let mut raw = raw;
-            if t.account.starts_with("corp:") {
-                let dir = tempfile::tempdir().unwrap();
-                std::fs::write(dir.path().join("s"), "x\n").unwrap();
-                raw.providers.push(RawProvider {
-                    name: "corp".into(),
-                    issuer: "https://idp.example".into(),
-                    client_id: "gate".into(),
-                    client_secret_file: dir.path().join("s").display().to_string(),
-                    scopes: default_scopes(),
-                    account_claim: default_account_claim(),
-                    labels: BTreeMap::new(),
-                });
-                let got = raw.resolve(Path::new("/")).err().map(|e| e.key);
-                assert_eq!(got.as_deref(), *want, "{}", t.account);
-                continue;
-            }
             let got = raw.resolve(Path::new(".")).err().map(|e| e.key);
             assert_eq!(got.as_deref(), *want, "{}", t.account);
         }

@@ -205,14 +205,19 @@ pub fn map_workload(t: &Trust, claims: &Map<String, Value>) -> Result<Identity, 
 }
 
 /// The account name of a person of provider `provider`: always
-/// `<provider>:<claim>`, so it can never be a static account (no ':'
-/// there), a robot (`robot+`), or the same person of another provider.
+/// `<provider>/<claim>`, so it can never be a static account (no '/'
+/// there), a robot (`robot+`), a workload (`prefix:`, see
+/// [`mapping::Template::literal_namespace`]) or the same person of another
+/// provider; LDAP is never asked about it. Not ':' (a Basic header's
+/// user name ends at the first ':', and people use this name with their
+/// personal access tokens in `docker login`).
 pub fn person_account(provider: &str, claim_value: &str) -> String {
-    format!("{provider}:{claim_value}")
+    format!("{provider}/{claim_value}")
 }
 
-/// The provider an SSO account name belongs to, if any is configured.
+/// The provider an SSO account name (`<provider>/...`) belongs to, if any
+/// is configured.
 pub fn provider_of<'a>(config: &'a OidcConfig, account: &str) -> Option<&'a Provider> {
-    let (ns, _) = account.split_once(':')?;
+    let (ns, _) = account.split_once('/')?;
     config.provider(ns)
 }
