@@ -587,3 +587,34 @@ async fn grant_as(gate: &Gate, creds: (&str, &str), scopes: &[&str]) -> Vec<Stri
         })
         .collect()
 }
+
+#[tokio::test]
+async fn docker_pushes_with_a_workload_jwt_where_the_acl_allows() {
+    let provider = OidcProvider::start().await;
+    let text = config(&provider, free_port(), "10s");
+    let (stack, docker) = tokio::join!(
+        Stack::with_config(&text),
+        crate::harness::docker::Docker::start()
+    );
+    let host = stack.gate.addr.to_string();
+    let jwt = provider.workload_token("ci-acme", AUDIENCE).await;
+    let out = docker
+        .run(
+            &["login", "--username", "ci", "--password-stdin", &host],
+            Some(&format!("{jwt}\n")),
+        )
+        .await;
+    assert!(out.status.success(), "docker login: {}", output_text(&out));
+    for (repo, allowed) in [("acme/docker-app", true), ("other/docker-app", false)] {
+        let reference = format!("{host}/{repo}:v1");
+        docker.import_random(&reference).await;
+        let out = docker.run(&["push", &reference], None).await;
+        assert_eq!(
+            out.status.success(),
+            allowed,
+            "docker push {repo}: {}",
+            output_text(&out)
+        );
+        assert_eq!(stack.registry.has_repository(repo), allowed, "{repo}");
+    }
+}
