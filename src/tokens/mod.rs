@@ -285,7 +285,7 @@ impl Manager<'_> {
             }
         }
         Err(ManageError::Invalid(format!(
-            "no static, LDAP or SSO account {account:?} (SSO people must log in once first)"
+            "no static or LDAP account {account:?}, nor an SSO account that has logged in once"
         )))
     }
 
