@@ -14,6 +14,7 @@ mod fleet;
 mod hardening;
 mod ldap;
 mod ldap_backend;
+mod oidc;
 mod operations;
 mod tags;
 mod ui;

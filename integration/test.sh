@@ -30,6 +30,9 @@ have podman || missing+=(podman)
 # Web UI browser tests (integration/ui.rs): headless Chromium through chromedriver.
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
+# The OpenID provider of integration/oidc.rs: node's oidc-provider (npm).
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "Installing: ${missing[*]}"
     # docker.io and containerd would start system services on install; the
@@ -47,6 +50,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" || status=$?
     [ -n "$added_policy" ] && as_root rm -f "$policy"
     [ "$status" -eq 0 ] || exit "$status"
+fi
+
+# oidc-provider, exactly as locked (integration/oidc/package-lock.json).
+if [ ! -f integration/oidc/node_modules/oidc-provider/package.json ]; then
+    (cd integration/oidc && npm ci --no-audit --no-fund)
 fi
 
 cargo test --all-targets

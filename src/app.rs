@@ -79,6 +79,8 @@ pub enum BuildError {
     PreviousKey { path: String, source: KeyError },
     #[error("{0}")]
     Store(StoreError),
+    #[error("oidc: cannot make the HTTP client: {0}")]
+    Oidc(String),
 }
 
 /// State that outlives one configuration: a reload builds a new `App` and
@@ -147,6 +149,17 @@ impl App {
             store.clone(),
             config.tokens.cache_ttl,
         )));
+        let authn = if config.oidc.is_empty() {
+            authn
+        } else {
+            let metrics = carried.metrics.clone();
+            let on_fetch: crate::authn::oidc::keys::OnFetch =
+                Arc::new(move |issuer, outcome| metrics.oidc_key_fetch(issuer, outcome));
+            authn.with_oidc(Arc::new(
+                crate::authn::oidc::Oidc::new(config.oidc.clone(), on_fetch)
+                    .map_err(BuildError::Oidc)?,
+            ))
+        };
         // Back-offs carry over unless the limits themselves changed.
         let throttle = carried
             .throttle

@@ -83,6 +83,22 @@ pub enum Event {
         limited: &'static str,
         retry_after_ms: u64,
     },
+    /// A login through OpenID Connect: a workload JWT at the realm
+    /// (`kind` trust) or a person in the UI (`kind` provider).
+    OidcLogin {
+        kind: &'static str,
+        /// The `[[oidc.trust]]` or `[[oidc.providers]]` entry's name.
+        entry: String,
+        account: String,
+        client: IpAddr,
+    },
+    /// An OpenID login refused; `reason` as in the `oidc_logins` metric.
+    OidcLoginFailed {
+        kind: &'static str,
+        entry: String,
+        client: IpAddr,
+        reason: &'static str,
+    },
     /// A browser login to the web UI.
     UiLogin {
         account: String,

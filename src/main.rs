@@ -58,6 +58,16 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Check an [[oidc.providers]] or [[oidc.trust]] entry: fetch its
+    /// discovery document and keys and, with --token-stdin, verify a token
+    /// and show its claims, the mapped account and labels, and which
+    /// `require` failed (exit status 3 when it would not log in).
+    OidcCheck {
+        name: String,
+        /// Read a JWT from stdin and check it against the entry.
+        #[arg(long)]
+        token_stdin: bool,
+    },
     /// Apply the store's schema migrations (the gate also does at start).
     Migrate,
     /// Robot accounts and personal access tokens (docs/tokens.md).
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
             account,
             password_stdin,
         } => ldap_check(path, explicit, account, password_stdin),
+        Command::OidcCheck { name, token_stdin } => oidc_check(path, explicit, &name, token_stdin),
         Command::Migrate => with_store(path, explicit, |app| Box::pin(tokens::cli::migrate(app))),
         Command::Token { command } => match command {
             TokenCommand::Create {
@@ -531,6 +542,53 @@ fn check_config(path: PathBuf, explicit: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("registry-gate: cannot print the config: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn oidc_check(path: PathBuf, explicit: bool, name: &str, token_stdin: bool) -> ExitCode {
+    use registry_gate::authn::oidc::{self, check};
+    let config = match load(path, explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = if token_stdin {
+        let mut text = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text) {
+            eprintln!("registry-gate: cannot read the token: {e}");
+            return ExitCode::from(1);
+        }
+        Some(text.trim().to_owned())
+    } else {
+        None
+    };
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let oidc = match oidc::Oidc::new(config.oidc, std::sync::Arc::new(|_: &str, _| {})) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(check::check(&oidc, name, token.as_deref())) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.refused {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e @ check::CheckError::Unknown(_)) => {
+            eprintln!("registry-gate: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("registry-gate: {e}");
             ExitCode::from(1)
         }
     }

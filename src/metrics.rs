@@ -49,6 +49,23 @@ struct CredentialLabels {
     outcome: &'static str,
 }
 
+/// An `[[oidc.trust]]` or `[[oidc.providers]]` entry's logins.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OidcLoginLabels {
+    /// `trust` (machines, realm) or `provider` (people, UI).
+    kind: &'static str,
+    /// The entry's configured name.
+    entry: String,
+    /// `ok`, or why not (`expired`, `audience`, `require_unmet`, ...).
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OidcFetchLabels {
+    issuer: String,
+    outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DependencyLabel {
     dependency: &'static str,
@@ -76,6 +93,8 @@ pub struct Metrics {
     connections: Gauge,
     credential_logins: Family<CredentialLabels, Counter>,
     dependency_up: Family<DependencyLabel, Gauge>,
+    oidc_logins: Family<OidcLoginLabels, Counter>,
+    oidc_key_fetches: Family<OidcFetchLabels, Counter>,
     sources: Arc<RwLock<Sources>>,
 }
 
@@ -173,6 +192,18 @@ impl Metrics {
             "Token requests with a robot account's or personal access token's secret, by kind and outcome",
             credential_logins.clone(),
         );
+        let oidc_logins = Family::<OidcLoginLabels, Counter>::default();
+        registry.register(
+            "oidc_logins",
+            "Logins through OpenID Connect, by kind (trust: a workload JWT at the realm; provider: a person in the UI), entry and outcome",
+            oidc_logins.clone(),
+        );
+        let oidc_key_fetches = Family::<OidcFetchLabels, Counter>::default();
+        registry.register(
+            "oidc_key_fetches",
+            "Fetches of an OpenID issuer's discovery document and keys, by issuer and outcome",
+            oidc_key_fetches.clone(),
+        );
         let dependency_up = Family::<DependencyLabel, Gauge>::default();
         registry.register(
             "dependency_up",
@@ -195,6 +226,8 @@ impl Metrics {
             connections,
             credential_logins,
             dependency_up,
+            oidc_logins,
+            oidc_key_fetches,
             sources,
         }
     }
@@ -221,6 +254,28 @@ impl Metrics {
         if let Some(store) = &r.store {
             set("store", store == "ok");
         }
+    }
+
+    /// An OpenID login: `kind` trust or provider, the entry's name, and
+    /// `ok` or the refusal's reason.
+    pub fn oidc_login(&self, kind: &'static str, entry: &str, outcome: &'static str) {
+        self.oidc_logins
+            .get_or_create(&OidcLoginLabels {
+                kind,
+                entry: entry.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A fetch of an issuer's discovery and keys: `ok` or `failed`.
+    pub fn oidc_key_fetch(&self, issuer: &str, outcome: &'static str) {
+        self.oidc_key_fetches
+            .get_or_create(&OidcFetchLabels {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Points the scrape-time counters at a (re)built app's caches.

@@ -71,8 +71,12 @@ pub fn parse(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
         }),
         HeaderResult::V2(Ok(h)) => Ok(match (h.command, h.addresses) {
             (v2::Command::Local, _) => None,
-            (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+            (_, v2::Addresses::IPv4(a)) => {
+                Some(SocketAddr::from((a.source_address, a.source_port)))
+            }
+            (_, v2::Addresses::IPv6(a)) => {
+                Some(SocketAddr::from((a.source_address, a.source_port)))
+            }
             _ => None,
         }),
         HeaderResult::V1(Err(e)) => Err(bad(&e)),
@@ -103,7 +107,8 @@ mod tests {
 
     #[tokio::test]
     async fn headers_give_the_source_and_leave_the_rest_unread() {
-        let (r, rest) = read(b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 5000\r\nGET / HTTP/1.1\r\n").await;
+        let (r, rest) =
+            read(b"PROXY TCP4 203.0.113.9 10.0.0.1 51000 5000\r\nGET / HTTP/1.1\r\n").await;
         assert_eq!(r.unwrap(), Some("203.0.113.9:51000".parse().unwrap()));
         assert_eq!(rest, b"GET / HTTP/1.1\r\n");
         let (r, _) = read(b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n").await;

@@ -12,6 +12,7 @@ pub mod docker;
 pub mod gate;
 pub mod http;
 pub mod image;
+pub mod oidc;
 pub mod podman;
 pub mod postgres;
 pub mod registry;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 pub mod cache;
 pub mod credentials;
 pub mod ldap;
+pub mod oidc;
 pub mod rgt;
 pub mod static_users;
 
@@ -41,6 +42,10 @@ pub enum Backend {
     Ldap,
     /// A robot account: exists only in the store.
     Robot,
+    /// A person who logged in through an OpenID provider (`[[oidc.providers]]`).
+    Oidc,
+    /// A machine whose password was a JWT of a trusted issuer (`[[oidc.trust]]`).
+    Workload,
 }
 
 impl Backend {
@@ -50,6 +55,8 @@ impl Backend {
             Backend::Static => "static",
             Backend::Ldap => "ldap",
             Backend::Robot => "robot",
+            Backend::Oidc => oidc::PEOPLE_BACKEND,
+            Backend::Workload => "workload",
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct Authenticators {
     pub ldap: Option<(Arc<LdapAuthenticator>, Arc<LoginCache>)>,
     /// Robot accounts and personal access tokens (the store).
     pub credentials: Option<Arc<CredentialLogins>>,
+    /// OpenID providers and trusted issuers (`[oidc]`), when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 impl Authenticators {
@@ -125,7 +134,21 @@ impl Authenticators {
                 (Arc::new(l), cache)
             }),
             credentials: None,
+            oidc: None,
         }
+    }
+
+    /// Adds OpenID providers and trusted issuers.
+    pub fn with_oidc(mut self, oidc: Arc<oidc::Oidc>) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    /// The configured provider an account name `<provider>:...` belongs to.
+    fn sso_provider(&self, account: &str) -> Option<&oidc::Provider> {
+        self.oidc
+            .as_ref()
+            .and_then(|o| oidc::provider_of(&o.config, account))
     }
 
     /// Adds the store's credentials as a source of identities.
@@ -138,6 +161,8 @@ impl Authenticators {
     pub fn backend_for(&self, account: &str) -> &'static str {
         if account.starts_with(ROBOT_PREFIX) {
             Backend::Robot.as_str()
+        } else if self.sso_provider(account).is_some() {
+            Backend::Oidc.as_str()
         } else if self.static_users.contains(account) {
             Backend::Static.as_str()
         } else if self.ldap.is_some() {
@@ -180,6 +205,11 @@ impl Authenticators {
                 None => Ok(None),
             };
         }
+        // People of an OpenID provider have no password here (only their
+        // personal access tokens, handled above): never ask LDAP about them.
+        if self.sso_provider(account).is_some() {
+            return Ok(None);
+        }
         // Without LDAP, an unknown account takes the static path too: its
         // password is checked against a dummy hash (and the rejection is
         // cached), so it costs what a static account's wrong password does.
@@ -220,6 +250,9 @@ impl Authenticators {
             // Robots exist only through a credential: see `by_credential`.
             return Ok(None);
         }
+        if backend == oidc::PEOPLE_BACKEND {
+            return self.sso_lookup(account).await;
+        }
         match (backend, &self.ldap) {
             ("static", _) => Ok(self.static_users.lookup(account)),
             ("ldap", Some((ldap, _))) if !self.static_users.contains(account) => {
@@ -231,6 +264,28 @@ impl Authenticators {
 }
 
 impl Authenticators {
+    /// An SSO person as their provider described them at their last login
+    /// (the store): while the provider is still configured. Their labels
+    /// are those of that login; a new login refreshes them.
+    async fn sso_lookup(&self, account: &str) -> Result<Option<Identity>, AuthnError> {
+        let (Some(provider), Some(creds)) = (self.sso_provider(account), &self.credentials) else {
+            return Ok(None);
+        };
+        let stored = creds
+            .store()
+            .oidc_account(account)
+            .await
+            .map_err(|e| AuthnError::Unavailable(e.to_string()))?;
+        Ok(stored
+            .filter(|a| a.provider == provider.name)
+            .map(|a| Identity {
+                account: a.account,
+                backend: Backend::Oidc,
+                labels: a.labels,
+                credential: None,
+            }))
+    }
+
     /// The identity behind credential `id` (a refresh token bound to it),
     /// if the credential is still active and its owner still exists.
     pub async fn by_credential(&self, id: &str) -> Result<Option<Identity>, AuthnError> {

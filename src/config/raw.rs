@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authn::Labels;
 use crate::authn::ldap::LdapConfig;
+use crate::authn::oidc::RawOidc;
 use crate::authz::RawRule;
 use crate::authz::tags::RawImmutable;
 use crate::secret::Secret;
@@ -34,6 +35,9 @@ pub struct RawConfig {
     pub immutable: Vec<RawImmutable>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapConfig>,
+    /// OpenID providers (people) and trusted issuers (machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<RawOidc>,
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]

@@ -12,6 +12,7 @@ use super::raw::RawConfig;
 use super::{ConfigError, ConfigErrors};
 use crate::authn::Labels;
 use crate::authn::ldap::ResolvedLdap;
+use crate::authn::oidc::OidcConfig;
 use crate::authz::Acl;
 use crate::authz::tags::Immutable;
 use crate::ratelimit::ThrottleConfig;
@@ -30,6 +31,8 @@ pub struct Config {
     pub immutable: Immutable,
     /// `[ldap]`, when configured: files read, URLs checked, TLS trust built.
     pub ldap: Option<ResolvedLdap>,
+    /// `[oidc]`: providers and trusted issuers (empty when not configured).
+    pub oidc: OidcConfig,
     /// `[limits]`: timeouts and sizes of the HTTP edge.
     pub limits: LimitsConfig,
     /// `[ratelimit]`: brute-force protection of the realm.
@@ -242,6 +245,16 @@ impl Config {
         if let Err(e) = &ldap {
             errors.push(e.clone());
         }
+        let oidc = raw
+            .oidc
+            .as_ref()
+            .map(|o| o.resolve(Path::new(".")))
+            .transpose()
+            .map_err(|e| ConfigError::new(e.key, e.message))
+            .inspect_err(|e| errors.push(e.clone()))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let store = raw
             .store
             .resolve(Path::new("."))
@@ -297,6 +310,7 @@ impl Config {
             acl,
             immutable,
             ldap: ldap.ok().flatten(),
+            oidc,
             limits: LimitsConfig {
                 header_read_timeout: raw.limits.header_read_timeout,
                 idle_timeout: raw.limits.idle_timeout,

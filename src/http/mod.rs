@@ -358,7 +358,11 @@ mod tests {
             ("10.1.1.1", &[], "10.1.1.1"),
             ("10.1.1.1", &["203.0.113.9"], "203.0.113.9"),
             ("10.1.1.1", &["1.2.3.4, 203.0.113.9"], "203.0.113.9"),
-            ("10.1.1.1", &["1.2.3.4, 203.0.113.9, 10.2.2.2"], "203.0.113.9"),
+            (
+                "10.1.1.1",
+                &["1.2.3.4, 203.0.113.9, 10.2.2.2"],
+                "203.0.113.9",
+            ),
             ("10.1.1.1", &["1.2.3.4", "203.0.113.9"], "203.0.113.9"),
             ("10.1.1.1", &["10.3.3.3, 10.2.2.2"], "10.3.3.3"),
             ("10.1.1.1", &["203.0.113.9, garbage, 10.2.2.2"], "10.2.2.2"),
@@ -371,8 +375,16 @@ mod tests {
             for v in *values {
                 h.append("x-forwarded-for", v.parse().unwrap());
             }
-            assert_eq!(super::client_address(ip(peer), &h, &trusted), ip(want), "{peer} {values:?}");
-            assert_eq!(super::client_address(ip(peer), &h, &[]), ip(peer), "no trusted proxies");
+            assert_eq!(
+                super::client_address(ip(peer), &h, &trusted),
+                ip(want),
+                "{peer} {values:?}"
+            );
+            assert_eq!(
+                super::client_address(ip(peer), &h, &[]),
+                ip(peer),
+                "no trusted proxies"
+            );
         }
     }
 

@@ -89,9 +89,16 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
     let issued = app.issuer.issue(&identity, &granted).map_err(internal)?;
     let refresh_token = match refresh {
         Some(existing) => Some(existing),
-        None if tr.offline && !identity.account.is_empty() => Some(Secret::new(
-            app.issuer.issue_refresh(&identity).map_err(internal)?,
-        )),
+        // A workload's JWT is its short-lived credential: no refresh token
+        // may outlive it.
+        None if tr.offline
+            && !identity.account.is_empty()
+            && identity.backend != crate::authn::Backend::Workload =>
+        {
+            Some(Secret::new(
+                app.issuer.issue_refresh(&identity).map_err(internal)?,
+            ))
+        }
         None => None,
     };
     let list = |s: &[Scope]| s.iter().map(Scope::to_string).collect();
@@ -195,6 +202,11 @@ pub(crate) async fn login(
 ) -> Result<Identity, ApiError> {
     let ip = conn.peer.ip();
     throttle(app, Some(account), conn).await?;
+    if let Some(oidc) = &app.authn.oidc
+        && oidc.is_workload_token(password.expose())
+    {
+        return workload_login(app, oidc, password, conn).await;
+    }
     let started = std::time::Instant::now();
     let result = app.authn.authenticate(account, password).await;
     let backend = match &result {
@@ -230,6 +242,64 @@ pub(crate) async fn login(
             }
             None => Err(unavailable(e)),
         },
+    }
+}
+
+/// A password that is a JWT of a `[[oidc.trust]]` issuer: verified against
+/// that entry, mapped to an account and labels, `require` checked; then
+/// the ACL decides like for anyone. The username sent beside it is not
+/// used (docker and containerd need one; any will do).
+async fn workload_login(
+    app: &App,
+    oidc: &crate::authn::oidc::Oidc,
+    token: &Secret,
+    conn: Conn,
+) -> Result<Identity, ApiError> {
+    let ip = conn.peer.ip();
+    let started = std::time::Instant::now();
+    let result = oidc.workload(token.expose()).await;
+    app.metrics
+        .authentication(crate::authn::Backend::Workload.as_str(), started.elapsed());
+    match result {
+        Some(Ok(login)) => {
+            app.metrics.oidc_login("trust", &login.trust, "ok");
+            app.throttle
+                .record_success(&login.identity.account, ip)
+                .await;
+            app.audit.record(Event::OidcLogin {
+                kind: "trust",
+                entry: login.trust,
+                account: login.identity.account.clone(),
+                client: ip,
+            });
+            Ok(login.identity)
+        }
+        Some(Err(refused)) => {
+            let reason = refused.refusal.reason();
+            app.metrics.oidc_login("trust", &refused.trust, reason);
+            app.audit.record(Event::OidcLoginFailed {
+                kind: "trust",
+                entry: refused.trust.clone(),
+                client: ip,
+                reason,
+            });
+            if let crate::authn::oidc::Refusal::Unavailable(e) = &refused.refusal {
+                tracing::error!(trust = %refused.trust, error = %e, "the trusted issuer could not be asked for its keys");
+                return Err(ApiError::detail(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the OpenID issuer of [[oidc.trust]] {:?} is unreachable and none of its keys are cached; try again later",
+                        refused.trust
+                    ),
+                ));
+            }
+            tracing::info!(trust = %refused.trust, reason = %refused.refusal, "workload token refused");
+            app.throttle.record_failure(None, ip).await;
+            Err(bad_credentials())
+        }
+        // is_workload_token said it names a trusted issuer: unreachable,
+        // but deny by default.
+        None => Err(bad_credentials()),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod activity;
 pub mod config;
 pub mod credentials;
 pub mod logouts;
+pub mod oidc;
 pub mod sessions;
 pub mod throttle;
 
@@ -35,6 +36,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 pub use config::{Backend, RawStore, StoreConfig, StoreUrl};
 pub use credentials::{Credential, CredentialKind, NewCredential};
+pub use oidc::OidcAccount;
 
 /// The schema, embedded in the binary (`src/store/migrations/*.sql`).
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");

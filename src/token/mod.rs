@@ -12,7 +12,7 @@ pub mod verifier;
 pub use claims::{AccessClaims, RefreshClaims, SessionClaims};
 pub use issuer::{Issued, Issuer};
 pub use keys::SigningKey;
-pub use verifier::{TokenError, Verifier, VerifyingKey};
+pub use verifier::{LEEWAY_SECS, TokenError, Verifier, VerifyingKey};
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use super::claims::{AccessClaims, REFRESH_USE, RefreshClaims, SESSION_USE, Sessi
 use super::issuer::unix;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-const LEEWAY_SECS: u64 = 10;
+pub const LEEWAY_SECS: u64 = 10;
 /// Longest token we look at; real ones are well under 4 KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 

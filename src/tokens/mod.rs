@@ -240,7 +240,11 @@ impl Manager<'_> {
                             .into(),
                     ));
                 }
-                if identity.backend == Backend::Robot || identity.account.is_empty() {
+                // Nor to machines: a workload's short-lived JWT must not turn
+                // into a long-lived secret.
+                if matches!(identity.backend, Backend::Robot | Backend::Workload)
+                    || identity.account.is_empty()
+                {
                     return Err(ManageError::Forbidden(
                         "personal access tokens belong to people".into(),
                     ));
@@ -270,9 +274,10 @@ impl Manager<'_> {
         }
     }
 
-    /// Which backend knows `account` now (static first, then LDAP).
+    /// Which backend knows `account` now (static first, then LDAP, then
+    /// the people of OpenID providers who have logged in once).
     async fn owner_backend(&self, account: &str) -> Result<String, ManageError> {
-        for backend in [Backend::Static, Backend::Ldap] {
+        for backend in [Backend::Static, Backend::Ldap, Backend::Oidc] {
             match self.authn.lookup(account, backend.as_str()).await {
                 Ok(Some(_)) => return Ok(backend.as_str().to_owned()),
                 Ok(None) => {}
@@ -280,7 +285,7 @@ impl Manager<'_> {
             }
         }
         Err(ManageError::Invalid(format!(
-            "no static or LDAP account {account:?}"
+            "no static or LDAP account {account:?}, nor an SSO account that has logged in once"
         )))
     }
 

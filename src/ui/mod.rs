@@ -20,6 +20,7 @@
 
 mod assets;
 mod login;
+mod oidc;
 pub mod registry;
 pub mod session;
 mod tokens;
@@ -256,6 +257,9 @@ async fn route(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<Bod
         "tokens" if method == Method::POST => tokens::create(ctx, req).await,
         "tokens/revoke" if method == Method::POST => tokens::revoke(ctx, req).await,
         "tokens/logout-all" if method == Method::POST => tokens::logout_all(ctx, req).await,
+        r if read && r.starts_with("oidc/") => {
+            oidc::route(ctx, &r["oidc/".len()..], &query, req.headers()).await
+        }
         "" | "login" | "logout" | "activity" | "tokens" | "tokens/revoke" | "tokens/logout-all" => {
             Err(UiError::MethodNotAllowed)
         }
@@ -747,9 +751,11 @@ async fn delete_post(
 }
 
 fn login_page(ctx: &Ctx<'_>, query: &Query) -> Response<Body> {
+    let next = safe_next(query.get("next")).to_owned();
     let page = views::LoginPage {
         layout: ctx.layout("Log in"),
-        next: safe_next(query.get("next")).to_owned(),
+        providers: oidc::links(ctx, &next),
+        next,
         account: String::new(),
         error: None,
     };
@@ -766,6 +772,7 @@ async fn login_post(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Respons
     let failed = |ctx: &Ctx<'_>, status, error: &str| {
         let page = views::LoginPage {
             layout: ctx.layout("Log in"),
+            providers: oidc::links(ctx, &next),
             next: next.clone(),
             account: account.clone(),
             error: Some(error.to_owned()),

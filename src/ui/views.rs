@@ -67,6 +67,8 @@ pub fn paginate(total: usize, page: usize, per: usize) -> (usize, usize, usize, 
 #[template(path = "ui/login.html")]
 pub struct LoginPage {
     pub layout: Layout,
+    /// "Log in with NAME" links: (name, href).
+    pub providers: Vec<(String, String)>,
     pub next: String,
     pub account: String,
     pub error: Option<String>,
@@ -642,6 +644,7 @@ mod tests {
     fn anonymous_pages_offer_a_login() {
         let page = LoginPage {
             layout: Layout::new("Log in", "", "anon-csrf", "/ui/login"),
+            providers: vec![("corp".into(), "/ui/oidc/login/corp?next=%2Fui%2F".into())],
             next: "/ui/r/a/b".into(),
             account: "bob".into(),
             error: Some("Wrong user name or password.".into()),

@@ -16,7 +16,7 @@
 
 mod config;
 mod dn;
-mod tls;
+pub(crate) mod tls;
 
 pub use crate::authn::{MAX_ACCOUNT_LEN, acceptable_account};
 pub use config::{

@@ -33,7 +33,7 @@ fn err(message: impl Into<String>) -> LdapConfigError {
 
 /// Adds the system trust bundle (`SSL_CERT_FILE` or the first bundle found);
 /// returns how many certificates it held.
-fn add_system_roots(store: &mut RootCertStore) -> usize {
+pub(crate) fn add_system_roots(store: &mut RootCertStore) -> usize {
     let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
     let candidates = from_env
         .into_iter()
