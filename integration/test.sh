@@ -27,6 +27,9 @@ have podman || missing+=(podman)
 # cluster (initdb + the server from Debian's postgresql, run as the
 # postgres user when root), and psql/pg_dump to look inside it.
 { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && have psql; } || missing+=(postgresql)
+# Load balancers in front of several gates (integration/fleet.rs).
+have nginx || missing+=(nginx-light)
+have haproxy || missing+=(haproxy)
 # Web UI browser tests (integration/ui.rs): headless Chromium through chromedriver.
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)

@@ -110,6 +110,41 @@ impl Gate {
         panic!("the gate did not start: {last_error}");
     }
 
+    /// Like [`Gate::start_with_config`] for a gate that cannot be asked
+    /// `/healthz` directly (`proxy_protocol = true` wants a PROXY header
+    /// first): ready once its log says it listens.
+    pub async fn start_with_config_no_wait(
+        config: &str,
+        upstream_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("it-gate-")
+            .tempdir()
+            .expect("temp dir");
+        let config_path = dir.path().join("registry-gate.toml");
+        std::fs::write(&config_path, config).expect("write gate config");
+        let addr = loopback(free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--config").arg(&config_path);
+        cmd.current_dir(repo_root());
+        scrub_env(&mut cmd);
+        cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
+            .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)
+            .env("REGISTRY_GATE_STORE__URL", default_store(dir.path()))
+            .envs(extra_env.iter().copied());
+        let daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
+        let gate = Gate {
+            daemon,
+            addr,
+            dir,
+            scheme: "http",
+            store_env: Vec::new(),
+        };
+        gate.wait_log("registry-gate listening", 1).await;
+        gate
+    }
+
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }

@@ -6,6 +6,7 @@
 // Shared by several test modules; not every helper is used by every module.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod browser;
 pub mod containerd;
 pub mod docker;

@@ -3,9 +3,12 @@
 //! the configured number of failures in total, not N times it.
 //!
 //! The in-process [`LoginThrottle`] stays the first line (no database on
-//! the way when it already says no). Then one indexed query, cached for
-//! [`SHARED_TTL`] per (account, address), says whether another instance
-//! has backed the address or the account off. A failure is counted in the
+//! the way when it already says no). Then one indexed query says whether
+//! another instance has backed the address or the account off. Its answer
+//! is cached for [`SHARED_TTL`] per (account, address) only while neither
+//! has failures counted: people who type their password right cost one
+//! query a second, and a guess is always checked against the store, so the
+//! lockout holds after the configured number of failures in total. A failure is counted in the
 //! store by one atomic statement (several instances counting at once all
 //! count). A store that cannot answer leaves the local throttle in force
 //! alone (logged): an outage must not lock everyone out.
@@ -27,7 +30,8 @@ pub struct SharedThrottle {
     pub local: Arc<LoginThrottle>,
     store: Arc<Store>,
     /// (account key, address) → [address blocked until, account blocked
-    /// until, account trusted at the address until], Unix ms.
+    /// until, account trusted at the address until], Unix ms; only pairs
+    /// without failures counted.
     seen: Cache<(String, AddressKey), [i64; 3]>,
 }
 
@@ -90,16 +94,19 @@ impl SharedThrottle {
     }
 
     async fn state(&self, key: &str, address: AddressKey) -> Option<[i64; 3]> {
-        let store = self.store.clone();
+        let pair = (key.to_owned(), address);
+        if let Some(clean) = self.seen.get(&pair).await {
+            return Some(clean);
+        }
         let k = keys(key, address);
-        let found = self
-            .seen
-            .try_get_with((key.to_owned(), address), async move {
-                store.throttle_state([&k[0], &k[1], &k[2]]).await
-            })
-            .await;
-        match found {
-            Ok(s) => Some(s),
+        match self.store.throttle_state([&k[0], &k[1], &k[2]]).await {
+            Ok(found) => {
+                let state = found.map(|(until, _)| until);
+                if found[0].1 == 0 && found[1].1 == 0 {
+                    self.seen.insert(pair, state).await;
+                }
+                Some(state)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "login throttle: store unavailable, counting on this instance only");
                 None

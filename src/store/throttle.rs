@@ -36,18 +36,19 @@ impl Store {
         Ok(())
     }
 
-    /// Until when each of up to three `keys` is blocked or trusted (`0`:
-    /// no row), in order: one indexed query.
-    pub async fn throttle_state(&self, keys: [&str; 3]) -> Result<[i64; 3], StoreError> {
+    /// For each of up to three `keys`, in order: until when it is blocked
+    /// (or trusted), and the failures counted (`(0, 0)`: no row). One
+    /// indexed query.
+    pub async fn throttle_state(&self, keys: [&str; 3]) -> Result<[(i64, i64); 3], StoreError> {
         self.ensure_migrated().await?;
-        let sql = "SELECT key, blocked_until_ms FROM throttle WHERE key IN ($1, $2, $3)";
-        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+        let sql = "SELECT key, blocked_until_ms, failures FROM throttle WHERE key IN ($1, $2, $3)";
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
             .bind(keys[0]).bind(keys[1]).bind(keys[2]).fetch_all(p).await)?;
-        let mut out = [0; 3];
-        for (key, until) in rows {
+        let mut out = [(0, 0); 3];
+        for (key, until, failures) in rows {
             for (i, k) in keys.iter().enumerate() {
                 if *k == key {
-                    out[i] = until;
+                    out[i] = (until, failures);
                 }
             }
         }
