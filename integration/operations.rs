@@ -98,7 +98,7 @@ fn compose_file_mirrors_the_reference_setup() {
 fn kubernetes_manifest_probes_and_shares_the_key() {
     let docs = yaml_documents("docker/kubernetes.yaml");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service", "Ingress"]);
     let deployment = &docs[1];
     assert!(deployment["spec"]["replicas"].as_u64().expect("replicas") > 1);
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -112,6 +112,25 @@ fn kubernetes_manifest_probes_and_shares_the_key() {
     assert_eq!(
         parsed["token"]["key"].as_str(),
         Some("/etc/registry-gate/key/token-key.pem")
+    );
+    // The replicas share one PostgreSQL store, and believe the ingress.
+    let store = parsed["store"]["url"].as_str().expect("[store] url");
+    assert!(store.starts_with("postgres://"), "{store}");
+    let mounted = container["volumeMounts"].as_sequence().expect("mounts");
+    let password = parsed["store"]["password_file"]
+        .as_str()
+        .expect("password_file");
+    assert!(
+        mounted
+            .iter()
+            .any(|m| password.starts_with(m["mountPath"].as_str().unwrap_or("?"))),
+        "the store's password file is mounted"
+    );
+    assert!(
+        !parsed["server"]["trusted_proxies"]
+            .as_array()
+            .expect("trusted_proxies")
+            .is_empty()
     );
 }
 
