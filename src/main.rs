@@ -307,6 +307,15 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
              hash in [users.{account}] password (or remove the user)"
         );
     }
+    if app.config.raw.store.url.0 == registry_gate::store::config::DEFAULT_URL {
+        let here = std::env::current_dir().map_or_else(|_| ".".into(), |d| d.display().to_string());
+        tracing::info!(
+            "store: no [store] url set, so robot accounts, personal access tokens and shared \
+             state live in the default SQLite file data/registry-gate.db under {here}. Fine for \
+             one instance; for several, or another place, set [store] url (sqlite://PATH or \
+             postgres://...; docs/tokens.md)"
+        );
+    }
     let listen = app.config.server.listen;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
