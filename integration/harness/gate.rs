@@ -30,6 +30,29 @@ pub struct Gate {
     store_env: Vec<(String, String)>,
 }
 
+/// `registry-gate serve` with `config` on `addr` in front of `upstream`.
+fn serve_command(
+    config: &Path,
+    addr: SocketAddr,
+    upstream: &str,
+    dir: &Path,
+    extra_env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").arg("--config").arg(config);
+    // Relative paths in the config (config/ldap_password.txt...) resolve
+    // against the working directory: the repository root, as for a user.
+    cmd.current_dir(repo_root());
+    scrub_env(&mut cmd);
+    // Each gate its own SQLite store in its temp dir, unless the test
+    // names one (a shared PostgreSQL, a file of its own).
+    cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
+        .env("REGISTRY_GATE_UPSTREAM__URL", upstream)
+        .env("REGISTRY_GATE_STORE__URL", default_store(dir))
+        .envs(extra_env.iter().copied());
+    cmd
+}
+
 /// The store of a gate whose test names none: SQLite in its temp dir.
 fn default_store(dir: &Path) -> String {
     format!("sqlite://{}/store.db", dir.display())
@@ -66,18 +89,7 @@ impl Gate {
         let mut last_error = String::new();
         for _ in 0..3 {
             let addr = loopback(free_port());
-            let mut cmd = Command::new(BIN);
-            cmd.arg("serve").arg("--config").arg(&config_path);
-            // Relative paths in the config (config/ldap_password.txt...) resolve
-            // against the working directory: the repository root, as for a user.
-            cmd.current_dir(repo_root());
-            scrub_env(&mut cmd);
-            // Each gate its own SQLite store in its temp dir, unless the
-            // test names one (a shared PostgreSQL, a file of its own).
-            cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
-                .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)
-                .env("REGISTRY_GATE_STORE__URL", default_store(dir.path()))
-                .envs(extra_env.iter().copied());
+            let cmd = serve_command(&config_path, addr, upstream_url, dir.path(), extra_env);
             let mut daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
             match daemon
                 .wait_ready(
@@ -125,14 +137,7 @@ impl Gate {
         let config_path = dir.path().join("registry-gate.toml");
         std::fs::write(&config_path, config).expect("write gate config");
         let addr = loopback(free_port());
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--config").arg(&config_path);
-        cmd.current_dir(repo_root());
-        scrub_env(&mut cmd);
-        cmd.env("REGISTRY_GATE_SERVER__LISTEN", addr.to_string())
-            .env("REGISTRY_GATE_UPSTREAM__URL", upstream_url)
-            .env("REGISTRY_GATE_STORE__URL", default_store(dir.path()))
-            .envs(extra_env.iter().copied());
+        let cmd = serve_command(&config_path, addr, upstream_url, dir.path(), extra_env);
         let daemon = Daemon::spawn("registry-gate", cmd, &dir.path().join("gate.log"));
         let gate = Gate {
             daemon,

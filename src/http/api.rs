@@ -76,13 +76,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, conn: Conn) -> Result<Rou
         identity: &identity,
         ip: conn.peer.ip(),
     };
-    let manager = Manager {
-        store: &app.store,
-        acl: &app.acl,
-        authn: &app.authn,
-        tokens: &app.config.tokens,
-        service: &app.config.token.service,
-    };
+    let manager = Manager::for_app(app);
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {

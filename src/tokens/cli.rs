@@ -47,13 +47,7 @@ fn audit(app: &App) -> Audit {
 }
 
 fn manager(app: &App) -> Manager<'_> {
-    Manager {
-        store: &app.store,
-        acl: &app.acl,
-        authn: &app.authn,
-        tokens: &app.config.tokens,
-        service: &app.config.token.service,
-    }
+    Manager::for_app(app)
 }
 
 /// `registry-gate migrate`: applies the embedded schema migrations.

@@ -107,6 +107,19 @@ pub struct Manager<'a> {
 /// The longest name or description accepted.
 const MAX_TEXT: usize = 256;
 
+impl<'a> Manager<'a> {
+    /// The rules over `app`'s store, ACL and settings.
+    pub fn for_app(app: &'a crate::app::App) -> Manager<'a> {
+        Manager {
+            store: &app.store,
+            acl: &app.acl,
+            authn: &app.authn,
+            tokens: &app.config.tokens,
+            service: &app.config.token.service,
+        }
+    }
+}
+
 impl Manager<'_> {
     /// Whether `actor` administers every credential.
     pub fn is_admin(&self, actor: Actor<'_>) -> bool {

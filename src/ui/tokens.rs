@@ -48,14 +48,7 @@ struct NewSecret {
 }
 
 fn manager<'a>(ctx: &'a Ctx<'_>) -> Manager<'a> {
-    let app = ctx.app;
-    Manager {
-        store: &app.store,
-        acl: &app.acl,
-        authn: &app.authn,
-        tokens: &app.config.tokens,
-        service: &app.config.token.service,
-    }
+    Manager::for_app(ctx.app)
 }
 
 fn actor<'a>(ctx: &'a Ctx<'_>) -> Result<Actor<'a>, UiError> {
