@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stops what integration/up.sh started, by the PID files in
-# $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev). Storage and the
-# LDAP directory are kept, unless --purge: then the registry's storage, the
-# LDAP directory, the generated configs and the logs go too (what up.sh made
-# there; nothing else in the directory is touched).
+# $REGISTRY_GATE_STATE (default /tmp/registry-gate-dev). Storage, the gate's
+# store (robot accounts, personal tokens, activity) and the LDAP directory
+# are kept, unless --purge: then they, the generated configs and the logs go
+# too (what up.sh made there; nothing else in the directory is touched).
 set -euo pipefail
 
 usage() { echo "usage: integration/down.sh [--purge]" >&2; exit 2; }
@@ -45,11 +45,11 @@ stop "$STATE/registry.pid" docker-registry
 if $PURGE; then
     if [ -d "$STATE" ]; then
         before=$(du -sh "$STATE" 2>/dev/null | cut -f1)
-        rm -rf -- "$STATE/storage" "$STATE/slapd"
+        rm -rf -- "$STATE/storage" "$STATE/slapd" "$STATE/store"
         rm -f -- "$STATE"/registry.yml "$STATE"/gate.log "$STATE"/slapd.log "$STATE"/registry.log
         # The directory itself only when up.sh's files were all it held.
         rmdir -- "$STATE" 2>/dev/null || true
-        echo "purged the dev stack's storage, LDAP directory and logs in $STATE (was $before)"
+        echo "purged the dev stack's storage, store, LDAP directory and logs in $STATE (was $before)"
     else
         echo "nothing to purge: no $STATE"
     fi

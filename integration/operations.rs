@@ -645,6 +645,9 @@ async fn down_sh_purge_removes_the_dev_stacks_storage() {
         std::fs::write(blob.join("data"), vec![7u8; 4096]).expect("blob");
         std::fs::create_dir_all(state.join("slapd/db")).expect("mkdir");
         std::fs::write(state.join("slapd/db/data.mdb"), "x").expect("db");
+        // The gate's store (up.sh points [store] url there).
+        std::fs::create_dir_all(state.join("store")).expect("mkdir");
+        std::fs::write(state.join("store/registry-gate.db"), "x").expect("store");
         for f in ["registry.yml", "gate.log", "slapd.log", "registry.log"] {
             std::fs::write(state.join(f), "x").expect(f);
         }
@@ -671,6 +674,7 @@ async fn down_sh_purge_removes_the_dev_stacks_storage() {
     for gone in [
         "storage",
         "slapd",
+        "store",
         "registry.yml",
         "gate.log",
         "registry.log",
