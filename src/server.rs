@@ -103,8 +103,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(address_slot) = open_conns.admit(peer.ip(), limits.max_connections_per_address)
-        else {
+        // A trusted balancer (or a PROXY protocol sender) carries every
+        // client behind it: it is not one client, and holding it to the
+        // per-address limit would cap the whole fleet's clients. Its own
+        // limits apply instead (docs/security.md).
+        let per_address = {
+            let server = &live.current().config.server;
+            let balancer = server.proxy_protocol
+                || server
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| crate::authz::net_contains(net, peer.ip()));
+            if balancer {
+                0
+            } else {
+                limits.max_connections_per_address
+            }
+        };
+        let Some(address_slot) = open_conns.admit(peer.ip(), per_address) else {
             tracing::debug!(
                 client = %peer,
                 max = limits.max_connections_per_address,
@@ -1085,6 +1101,26 @@ mod tests {
             .await
             .expect("the oldest idle connection was closed");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+
+    /// Behind a trusted balancer every client arrives from its address: the
+    /// per-address connection limit must not cap the whole fleet's clients
+    /// at `max_connections_per_address` (the balancer limits its clients).
+    #[tokio::test]
+    async fn trusted_balancers_are_not_held_to_the_per_address_limit() {
+        let gate = start("http://127.0.0.1:9", |raw| {
+            raw.limits.max_connections_per_address = 1;
+            raw.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        })
+        .await;
+        let _held = TcpStream::connect(gate.addr).await.unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(10), healthz(gate.addr))
+            .await
+            .expect("answered");
+        assert_eq!(
+            served, "HTTP/1.1 200 OK",
+            "a second connection from the balancer"
+        );
     }
 
     /// Only while no connection is idle do new ones wait.
