@@ -18,23 +18,7 @@ async fn granted(gate: &Gate, creds: (&str, &str), scopes: &[&str]) -> Option<Ve
         return None;
     }
     let body = http::json_ok(resp).await;
-    let (_, claims) = jwt_parts(body["token"].as_str().expect("token"));
-    Some(
-        claims["access"]
-            .as_array()
-            .expect("access")
-            .iter()
-            .map(|a| {
-                let actions: Vec<&str> = a["actions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_str().unwrap())
-                    .collect();
-                format!("{}:{}", a["name"].as_str().unwrap(), actions.join(","))
-            })
-            .collect(),
-    )
+    Some(http::access_of(body["token"].as_str().expect("token")))
 }
 
 /// Polls until the gate refuses `creds` (401), at most `limit`; returns
@@ -276,6 +260,11 @@ async fn revoked_and_expired_credentials_and_their_refresh_tokens_are_refused() 
     assert_eq!(post_token(gate, &pairs).await.status(), 200);
 
     let id = id_of(gate, "robot+deploy", "deploy").await;
+    // Rotation (docs/tokens.md): a second credential for the same robot,
+    // which outlives the first one's revocation.
+    let rotated = gate
+        .create_token(&["--robot", "deploy", "--scope", "repository:team/*:pull"])
+        .await;
     let out = gate.cli(&["token", "revoke", &id]).await;
     assert!(
         out.status.success(),
@@ -284,6 +273,16 @@ async fn revoked_and_expired_credentials_and_their_refresh_tokens_are_refused() 
     );
     let took = refused_within(gate, creds, Duration::from_secs(10)).await;
     println!("revoked credential refused after {took:?}");
+    assert!(
+        granted(
+            gate,
+            ("robot+deploy", &rotated),
+            &["repository:team/app:pull"]
+        )
+        .await
+        .is_some(),
+        "the robot's other credential still works"
+    );
     let started = Instant::now();
     loop {
         let status = post_token(gate, &pairs).await.status();

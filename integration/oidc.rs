@@ -59,21 +59,7 @@ async fn grant(gate: &Gate, password: &str, scopes: &[&str]) -> Result<Vec<Strin
         return Err((status, resp.text().await.unwrap_or_default()));
     }
     let body = http::json_ok(resp).await;
-    let (_, claims) = jwt_parts(body["token"].as_str().expect("token"));
-    Ok(claims["access"]
-        .as_array()
-        .expect("access")
-        .iter()
-        .map(|a| {
-            let actions: Vec<&str> = a["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap())
-                .collect();
-            format!("{}:{}", a["name"].as_str().unwrap(), actions.join(","))
-        })
-        .collect())
+    Ok(http::access_of(body["token"].as_str().expect("token")))
 }
 
 async fn metrics(gate: &Gate) -> String {

@@ -373,8 +373,10 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Once an hour, drops activity older than `[store] activity_retention` and
-/// ended UI sessions past their expiry. Every instance may do it: deleting
+/// Once an hour, drops activity older than `[store] activity_retention`,
+/// ended UI sessions past their expiry, and login-throttle rows nobody has
+/// failed on for `forget_after` past the longest back-off (and expired
+/// trusted addresses). Every instance may do it: deleting
 /// what another already deleted is harmless.
 async fn prune_store(live: Arc<Live>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
@@ -386,9 +388,17 @@ async fn prune_store(live: Arc<Live>) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let before_ms = now.saturating_sub(retention).as_millis() as i64;
-        match app.store.prune(before_ms, now.as_secs() as i64).await {
+        let r = &app.config.ratelimit;
+        let quiet_ms = now
+            .saturating_sub(r.forget_after.saturating_add(r.max_backoff))
+            .as_millis() as i64;
+        let pruned = async {
+            let n = app.store.prune(before_ms, now.as_secs() as i64).await?;
+            Ok::<_, registry_gate::store::StoreError>(n + app.store.throttle_prune(quiet_ms).await?)
+        };
+        match pruned.await {
             Ok(n) => tracing::debug!(rows = n, "store pruned"),
-            Err(e) => tracing::warn!(error = %e, "store: pruning old activity failed"),
+            Err(e) => tracing::warn!(error = %e, "store: pruning old rows failed"),
         }
     }
 }

@@ -107,18 +107,18 @@ pub async fn serve(
         // client behind it: it is not one client, and holding it to the
         // per-address limit would cap the whole fleet's clients. Its own
         // limits apply instead (docs/security.md).
-        let per_address = {
+        let (proxy_protocol, balancer) = {
             let server = &live.current().config.server;
-            let balancer = server.proxy_protocol
-                || server
-                    .trusted_proxies
-                    .iter()
-                    .any(|net| crate::authz::net_contains(net, peer.ip()));
-            if balancer {
-                0
-            } else {
-                limits.max_connections_per_address
-            }
+            let trusted = server
+                .trusted_proxies
+                .iter()
+                .any(|net| crate::authz::net_contains(net, peer.ip()));
+            (server.proxy_protocol, server.proxy_protocol || trusted)
+        };
+        let per_address = if balancer {
+            0
+        } else {
+            limits.max_connections_per_address
         };
         let Some(address_slot) = open_conns.admit(peer.ip(), per_address) else {
             tracing::debug!(
@@ -165,7 +165,6 @@ pub async fn serve(
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let limits = limits.clone();
-        let proxy_protocol = live.current().config.server.proxy_protocol;
         let open = metrics.connection();
         tokio::spawn(async move {
             let _permit = permit;

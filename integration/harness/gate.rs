@@ -53,6 +53,15 @@ fn serve_command(
     cmd
 }
 
+/// The `REGISTRY_GATE_STORE__*` overrides a test gave, for [`Gate::cli`].
+fn store_env(extra_env: &[(&str, &str)]) -> Vec<(String, String)> {
+    extra_env
+        .iter()
+        .filter(|(k, _)| k.starts_with("REGISTRY_GATE_STORE__"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The store of a gate whose test names none: SQLite in its temp dir.
 fn default_store(dir: &Path) -> String {
     format!("sqlite://{}/store.db", dir.display())
@@ -99,17 +108,12 @@ impl Gate {
                 .await
             {
                 Ok(()) => {
-                    let store_env = extra_env
-                        .iter()
-                        .filter(|(k, _)| k.starts_with("REGISTRY_GATE_STORE__"))
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
                     return Gate {
                         daemon,
                         addr,
                         dir,
                         scheme,
-                        store_env,
+                        store_env: store_env(extra_env),
                     };
                 }
                 // An exit may be a lost race for the port: try another one.
@@ -144,7 +148,7 @@ impl Gate {
             addr,
             dir,
             scheme: "http",
-            store_env: Vec::new(),
+            store_env: store_env(extra_env),
         };
         gate.wait_log("registry-gate listening", 1).await;
         gate

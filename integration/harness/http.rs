@@ -53,6 +53,25 @@ pub async fn request_token(
     req.send().await.expect("token request")
 }
 
+/// A token's `access` claim as `name:action,action` strings, in order.
+pub fn access_of(token: &str) -> Vec<String> {
+    let (_, claims) = jwt_parts(token);
+    let access = claims["access"].as_array().expect("an access claim");
+    access
+        .iter()
+        .map(|a| {
+            let name = a["name"].as_str().expect("an access entry's name");
+            let actions: Vec<&str> = a["actions"]
+                .as_array()
+                .expect("an access entry's actions")
+                .iter()
+                .map(|x| x.as_str().expect("an action"))
+                .collect();
+            format!("{name}:{}", actions.join(","))
+        })
+        .collect()
+}
+
 /// A token for `scopes` from the gate (asserts 200), as the JSON answer.
 pub async fn token_response(gate: &Gate, creds: Option<(&str, &str)>, scopes: &[&str]) -> Value {
     let resp = request_token(gate, creds, SERVICE, scopes, &[]).await;

@@ -185,6 +185,18 @@ impl CredentialLogins {
         }
     }
 
+    /// Whether something of `account` issued at `issued_at` (a refresh
+    /// token's or a UI session's `iat`, whole seconds) was ended by "log out
+    /// everywhere": issued in or before the second of the logout.
+    pub async fn logged_out_since(
+        &self,
+        account: &str,
+        issued_at: u64,
+    ) -> Result<bool, AuthnError> {
+        let at = self.logged_out_at(account).await?;
+        Ok(at.is_some_and(|at| (issued_at as i64) <= at))
+    }
+
     /// When `account` last logged out everywhere (cached like credentials).
     pub async fn logged_out_at(&self, account: &str) -> Result<Option<i64>, AuthnError> {
         let store = self.store.clone();

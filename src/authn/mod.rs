@@ -82,13 +82,6 @@ impl Identity {
             credential: None,
         }
     }
-
-    /// `robot` or `personal` for a credential login; `password` otherwise.
-    pub fn credential_kind(&self) -> &'static str {
-        self.credential
-            .as_ref()
-            .map_or("password", |c| c.kind.as_str())
-    }
 }
 
 /// Why a backend could not decide. This is never "wrong password" (that is

@@ -25,6 +25,8 @@ const REGISTRY_NAMES: &[&str] = &["catalog", "credentials"];
 struct Bound {
     resource_type: &'static str,
     name: Pattern,
+    /// The pattern as written.
+    name_text: String,
     /// `None`: every action.
     actions: Option<Actions>,
 }
@@ -69,11 +71,6 @@ impl Restriction {
         })
     }
 
-    /// The scopes as written.
-    pub fn as_strings(&self) -> &[String] {
-        &self.text
-    }
-
     /// The actions of `scope` this restriction lets through.
     pub fn bound(&self, scope: &Scope) -> Actions {
         let vars = Vars {
@@ -94,6 +91,24 @@ impl Restriction {
             }
         }
         out
+    }
+
+    /// Each scope as a request for what it lets through, its pattern taken
+    /// as a name (`repository:team/*:*` asks pull, push and delete on
+    /// `team/*`), paired with its text: what a person creating a token must
+    /// hold already.
+    pub fn requested(&self) -> impl Iterator<Item = (&str, Scope)> {
+        self.text.iter().zip(&self.bounds).map(|(text, b)| {
+            let actions = match (&b.actions, b.resource_type) {
+                (Some(a), _) => a.clone(),
+                (None, REPOSITORY) => [Action::Pull, Action::Push, Action::Delete].into(),
+                (None, _) => [Action::All].into(),
+            };
+            (
+                text.as_str(),
+                Scope::new(b.resource_type, &b.name_text, actions),
+            )
+        })
     }
 
     /// `granted` with each scope cut down to what this restriction allows;
@@ -163,6 +178,7 @@ fn bound(
     Ok(Bound {
         resource_type,
         name: Pattern::compile(name)?,
+        name_text: name.to_owned(),
         actions,
     })
 }
@@ -218,6 +234,23 @@ mod tests {
         }
         let ok = r(&["repository:a:b:pull", "registry:credentials:*"]);
         assert!(ok.allows(&repo("a:b", &[Action::Pull])));
+    }
+
+    #[test]
+    fn scopes_ask_what_they_let_through() {
+        use Action::*;
+        let r = r(&[
+            "repository:team/*:pull,push",
+            "repository:a/b:*",
+            "registry:catalog:*",
+        ]);
+        let asked: Vec<(&str, Scope)> = r.requested().collect();
+        assert_eq!(
+            asked[0],
+            ("repository:team/*:pull,push", repo("team/*", &[Pull, Push]))
+        );
+        assert_eq!(asked[1].1, repo("a/b", &[Pull, Push, Delete]));
+        assert_eq!(asked[2].1, Scope::catalog());
     }
 
     #[test]

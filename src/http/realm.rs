@@ -320,8 +320,8 @@ pub(crate) async fn logged_out(
     let Some(creds) = &app.authn.credentials else {
         return Ok(false);
     };
-    match creds.logged_out_at(account).await {
-        Ok(at) => Ok(at.is_some_and(|at| (issued_at as i64) <= at)),
+    match creds.logged_out_since(account, issued_at).await {
+        Ok(ended) => Ok(ended),
         Err(e) if bound_to_credential => Err(store_unavailable(e)),
         Err(e) => {
             tracing::warn!(error = %e, account, "store unavailable: \"log out everywhere\" not checked for this refresh token");

@@ -99,15 +99,6 @@ pub enum Backend {
     },
 }
 
-impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres { .. } => "postgres",
-        }
-    }
-}
-
 /// A `[store]` error: the key and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfigError {

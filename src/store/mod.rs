@@ -105,7 +105,6 @@ pub struct Store {
     /// Made on first use, inside the runtime (sqlx's pools spawn tasks),
     /// so that opening a store needs no runtime (`check-config`).
     pool: OnceLock<Pool>,
-    backend: &'static str,
     shown: String,
     /// Whether the schema is known to be current in this process.
     migrated: AtomicBool,
@@ -145,7 +144,6 @@ impl Store {
         Ok(Store {
             options,
             pool: OnceLock::new(),
-            backend: config.backend.name(),
             shown: config.shown.clone(),
             migrated: AtomicBool::new(false),
         })
@@ -167,11 +165,6 @@ impl Store {
                     .connect_lazy_with(o.clone()),
             ),
         })
-    }
-
-    /// `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
-        self.backend
     }
 
     /// The URL, password redacted.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::authn::{Authenticators, Backend, Identity, Labels, ROBOT_PREFIX, rgt};
 use crate::authz::{Acl, Restriction, Subject};
 use crate::config::TokensConfig;
-use crate::scope::{Action, Actions, REGISTRY, REPOSITORY, Scope};
+use crate::scope::{Action, Actions, REGISTRY, Scope};
 use crate::secret::Secret;
 use crate::store::{Credential, CredentialKind, NewCredential, Store, StoreError};
 
@@ -153,7 +153,7 @@ impl Manager<'_> {
         req: CreateRequest,
     ) -> Result<Created, ManageError> {
         let admin = self.is_admin(actor);
-        Restriction::parse(&req.scopes).map_err(ManageError::Invalid)?;
+        let restriction = Restriction::parse(&req.scopes).map_err(ManageError::Invalid)?;
         if req.scopes.is_empty() {
             return Err(ManageError::Invalid("give at least one scope".into()));
         }
@@ -195,7 +195,7 @@ impl Manager<'_> {
                 if let Actor::Caller { identity, ip } = actor
                     && !admin
                 {
-                    self.check_within_rights(identity, ip, &req.scopes)?;
+                    self.check_within_rights(identity, ip, &restriction)?;
                 }
                 (
                     CredentialKind::Personal,
@@ -309,21 +309,9 @@ impl Manager<'_> {
         &self,
         identity: &Identity,
         ip: std::net::IpAddr,
-        scopes: &[String],
+        scopes: &Restriction,
     ) -> Result<(), ManageError> {
-        for text in scopes {
-            let (resource_type, rest) = text.split_once(':').unwrap_or_default();
-            let (name, actions) = rest.rsplit_once(':').unwrap_or_default();
-            let actions: Actions = if actions == "*" {
-                if resource_type == REPOSITORY {
-                    [Action::Pull, Action::Push, Action::Delete].into()
-                } else {
-                    [Action::All].into()
-                }
-            } else {
-                actions.split(',').filter_map(Action::parse).collect()
-            };
-            let wanted = Scope::new(resource_type, name, actions);
+        for (text, wanted) in scopes.requested() {
             if self.grant(identity, ip, &wanted) != wanted.actions {
                 return Err(ManageError::Forbidden(format!(
                     "scope {text:?} goes beyond what you may do"

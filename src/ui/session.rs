@@ -124,8 +124,8 @@ async fn logged_out_everywhere(app: &App, claims: &SessionClaims) -> bool {
     let Some(creds) = &app.authn.credentials else {
         return false;
     };
-    match creds.logged_out_at(&claims.sub).await {
-        Ok(at) => at.is_some_and(|at| (claims.iat as i64) <= at),
+    match creds.logged_out_since(&claims.sub, claims.iat).await {
+        Ok(ended) => ended,
         Err(e) => {
             tracing::warn!(error = %e, "ui: store unavailable, \"log out everywhere\" not checked");
             false

@@ -28,9 +28,11 @@ pub enum CheckError {
 pub async fn check(oidc: &Oidc, name: &str, token: Option<&str>) -> Result<Report, CheckError> {
     let trust = oidc.config.trust.iter().find(|t| t.name == name);
     let provider = oidc.config.provider(name);
-    let (kind, issuer) = match (trust, provider) {
-        (Some(t), _) => ("trust", &t.issuer),
-        (None, Some(p)) => ("provider", &p.issuer),
+    // A token from a trust entry is for its audience; an ID token is for
+    // the provider's client.
+    let (kind, issuer, audience) = match (trust, provider) {
+        (Some(t), _) => ("trust", &t.issuer, t.audience.as_str()),
+        (None, Some(p)) => ("provider", &p.issuer, p.client_id.as_str()),
         (None, None) => return Err(CheckError::Unknown(name.to_owned())),
     };
     let mut out = String::new();
@@ -75,11 +77,7 @@ pub async fn check(oidc: &Oidc, name: &str, token: Option<&str>) -> Result<Repor
             refused: false,
         });
     };
-    let (audience, nonce) = match (trust, provider) {
-        (Some(t), _) => (t.audience.as_str(), None),
-        (None, Some(p)) => (p.client_id.as_str(), None),
-        _ => unreachable!("checked above"),
-    };
+    let nonce = None;
     let verified = oidc
         .verify(
             token,
