@@ -123,6 +123,16 @@ async fn activity_survives_a_restart_with_an_sqlite_store() {
     )
     .await;
     first.wait_log("\"event\":\"upstream_write\"", 1).await;
+    // A graceful stop waits for the rows still on their way to the store.
+    let mut first = first;
+    first.sigterm();
+    assert!(
+        first
+            .wait_exit(std::time::Duration::from_secs(30))
+            .await
+            .is_some(),
+        "the gate stops"
+    );
     drop(first);
     let second = Gate::start_with_config(&config(), &registry.url(), &env).await;
     let html = activity(&second).await;

@@ -374,8 +374,7 @@ impl Audit {
             });
             // Off the request's path: a registry request never waits on
             // the database.
-            if let (Some(store), Ok(rt)) = (&self.store, tokio::runtime::Handle::try_current()) {
-                let store = store.clone();
+            if let Some(store) = &self.store {
                 let row = ActivityRow {
                     at_ms: millis(now),
                     account: account.clone(),
@@ -386,11 +385,11 @@ impl Audit {
                     status: i32::from(*status),
                     outcome: (*outcome).to_owned(),
                 };
-                rt.spawn(async move {
-                    if let Err(e) = store.record_activity(&row).await {
-                        tracing::warn!(error = %e, "activity: could not keep a write in the store");
-                    }
-                });
+                let s = store.clone();
+                store.spawn_write(
+                    "an activity row",
+                    async move { s.record_activity(&row).await },
+                );
             }
         }
         if matches!(self.sink, Sink::Off) {

@@ -369,7 +369,12 @@ async fn run(config: Config, path: PathBuf, explicit: bool) -> ExitCode {
         }
     }
     tokio::spawn(reload_on_sighup(live.clone()));
-    server::serve(listener, live, tls, shutdown_signal()).await;
+    server::serve(listener, live.clone(), tls, shutdown_signal()).await;
+    // Activity rows and logouts still on their way to the store.
+    live.current()
+        .store
+        .settle(std::time::Duration::from_secs(5))
+        .await;
     ExitCode::SUCCESS
 }
 

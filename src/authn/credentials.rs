@@ -176,13 +176,10 @@ impl CredentialLogins {
         }
         self.touched.insert(id.to_owned(), ());
         let (store, id) = (self.store.clone(), id.to_owned());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = store.touch_credential(&id, crate::store::now()).await {
-                    tracing::warn!(credential = %id, error = %e, "could not record a credential's last use");
-                }
+        self.store
+            .spawn_write("a credential's last use", async move {
+                store.touch_credential(&id, crate::store::now()).await
             });
-        }
     }
 
     /// Whether something of `account` issued at `issued_at` (a refresh

@@ -43,6 +43,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
 
 /// How long a query waits for a connection before the store counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Migration runs before a failure counts (see [`Store::migrate`]).
+const MIGRATE_ATTEMPTS: u64 = 5;
 
 /// Why the store could not answer. Never "not found" (that is `Ok(None)`).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,12 @@ pub struct Store {
     shown: String,
     /// Whether the schema is known to be current in this process.
     migrated: AtomicBool,
+    /// One migration run at a time in this process (the start-up task and
+    /// a first query may both ask).
+    migrating: tokio::sync::Mutex<()>,
+    /// Writes under way off a request's path ([`Store::spawn_write`]).
+    pending: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Store {
@@ -146,6 +154,9 @@ impl Store {
             pool: OnceLock::new(),
             shown: config.shown.clone(),
             migrated: AtomicBool::new(false),
+            migrating: tokio::sync::Mutex::new(()),
+            pending: std::sync::atomic::AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -173,13 +184,72 @@ impl Store {
     }
 
     /// Applies the embedded migrations that are not applied yet. Safe when
-    /// several instances start at once: sqlx takes PostgreSQL's advisory
-    /// lock around it, and SQLite's file lock serialises writers.
+    /// several processes start at once: sqlx takes PostgreSQL's advisory
+    /// lock around it. SQLite has no such lock, so two processes (the gate
+    /// starting and `registry-gate token create`, say) may both try a
+    /// migration: the loser's fails ("already exists") once the winner
+    /// commits, and a new run then finds it applied. So a failed run is
+    /// retried a few times before it counts.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let _one = self.migrating.lock().await;
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.create_sqlite_dir()?;
-        on_pool!(self, p => MIGRATOR.run(p).await)?;
+        let mut attempt = 0;
+        loop {
+            match on_pool!(self, p => MIGRATOR.run(p).await) {
+                Ok(()) => break,
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    attempt += 1;
+                    if matches!(e, StoreError::Unavailable(_)) || attempt >= MIGRATE_ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, attempt, "store: migration raced another process; again");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        }
         self.migrated.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Runs `write` off the caller's path (a registry request never waits
+    /// on the database), counted so that shutdown can wait for it
+    /// ([`Store::settle`]). A failure is logged as `what`.
+    pub fn spawn_write<F>(self: &std::sync::Arc<Self>, what: &'static str, write: F)
+    where
+        F: std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let store = self.clone();
+        rt.spawn(async move {
+            if let Err(e) = write.await {
+                tracing::warn!(error = %e, "store: could not write {what}");
+            }
+            if store.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                store.settled.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits (at most `limit`) until the writes under way are done: at
+    /// shutdown, so that a push's activity row is not lost with the process.
+    pub async fn settle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.settled.notified();
+                if self.pending.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
     }
 
     /// Migrates if this process has not yet; the first query after a store
@@ -217,4 +287,29 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processes migrating one fresh SQLite file at once (the gate
+    /// starting and `registry-gate token create`): sqlx has no lock there,
+    /// so the loser's `CREATE TABLE` failed with "already exists".
+    #[tokio::test]
+    async fn concurrent_first_migrations_of_one_sqlite_file_both_succeed() {
+        for _ in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let config = StoreConfig {
+                backend: Backend::Sqlite(dir.path().join("store.db")),
+                shown: "sqlite://test".into(),
+            };
+            // Two stores: two pools, as two processes would have.
+            let (a, b) = (Store::open(&config).unwrap(), Store::open(&config).unwrap());
+            let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+            ra.unwrap();
+            rb.unwrap();
+            a.ping().await.unwrap();
+        }
+    }
 }

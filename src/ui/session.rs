@@ -190,14 +190,11 @@ pub fn end(app: &App, viewer: &Viewer, tls: bool) -> HeaderValue {
         app.ui.revoked.insert(claims.jti.clone(), ());
         // Every instance sharing the store refuses it too (off this
         // answer's path; this instance already does).
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, jti, exp) = (app.store.clone(), claims.jti.clone(), claims.exp as i64);
-            rt.spawn(async move {
-                if let Err(e) = store.end_session(&jti, exp).await {
-                    tracing::warn!(error = %e, "ui: could not share a logout through the store");
-                }
-            });
-        }
+        let (store, jti, exp) = (app.store.clone(), claims.jti.clone(), claims.exp as i64);
+        app.store.spawn_write(
+            "a UI logout",
+            async move { store.end_session(&jti, exp).await },
+        );
     }
     clear_cookie(SESSION_COOKIE, tls)
 }
